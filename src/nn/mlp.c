@@ -1,0 +1,199 @@
+/* mlp.c: construction, workspaces, forward and backward passes of the MLP.
+ * Layer l computes a_l = relu(a_{l-1} W_l^T + b_l) (no ReLU on the last,
+ * which gives the logits); one GEMM per layer forward, two backward. */
+#include "nn_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+int nn_mlp_alloc(const int *dims, int n_dims, struct nn_mlp **ret_mlp)
+{
+    if (n_dims < 2 || n_dims > NN_MAX_LAYERS + 1) return TAME_E_INVAL;
+    for (int i = 0; i < n_dims; i++)
+        if (dims[i] < 1 || dims[i] > NN_MAX_WIDTH) return TAME_E_INVAL;
+    if (dims[n_dims - 1] > NN_MAX_OUTPUTS) return TAME_E_INVAL;
+
+    struct nn_mlp *m = tame_calloc(1, sizeof(*m));
+    if (!m) return TAME_E_NOMEM;
+    m->n_layers = n_dims - 1;
+    size_t off = 0;
+    for (int l = 0; l < m->n_layers; l++) {
+        struct nn_layer *L = &m->layer[l];
+        L->in = dims[l];
+        L->out = dims[l + 1];
+        L->w_off = off;
+        off += (size_t)L->in * L->out;
+        L->b_off = off;
+        off += (size_t)L->out;
+        m->n_weights += (size_t)L->in * L->out;
+    }
+    m->n_params = off;
+    m->param = tame_calloc(off, sizeof(float));
+    m->grad = tame_calloc(off, sizeof(float));
+    m->vel = tame_calloc(off, sizeof(float));
+    if (!m->param || !m->grad || !m->vel) {
+        nn_mlp_free(m);
+        return TAME_E_NOMEM;
+    }
+    *ret_mlp = m;
+    return 0;
+}
+
+int nn_mlp_new(const int *dims, int n_dims, struct tame_rng *rng, struct nn_mlp **ret_mlp)
+{
+    struct nn_mlp *m;
+    int rc = nn_mlp_alloc(dims, n_dims, &m);
+    if (rc < 0) return rc;
+    for (int l = 0; l < m->n_layers; l++) {
+        const struct nn_layer *L = &m->layer[l];
+        double bound = 1.0 / sqrt((double)L->in);
+        size_t n = (size_t)L->in * L->out + (size_t)L->out;
+        for (size_t i = 0; i < n; i++)
+            m->param[L->w_off + i] = (float)((2.0 * tame_rng_uniform(rng) - 1.0) * bound);
+    }
+    *ret_mlp = m;
+    return 0;
+}
+
+void nn_mlp_free(struct nn_mlp *mlp)
+{
+    if (!mlp) return;
+    tame_free(mlp->param);
+    tame_free(mlp->grad);
+    tame_free(mlp->vel);
+    tame_free(mlp->mask);
+    tame_free(mlp);
+}
+
+static void mlp_dims(const struct nn_mlp *m, int *dims)
+{
+    dims[0] = m->layer[0].in;
+    for (int l = 0; l < m->n_layers; l++) dims[l + 1] = m->layer[l].out;
+}
+
+int nn_mlp_clone(const struct nn_mlp *src, struct nn_mlp **ret_mlp)
+{
+    int dims[NN_MAX_LAYERS + 1];
+    mlp_dims(src, dims);
+    struct nn_mlp *m;
+    int rc = nn_mlp_alloc(dims, src->n_layers + 1, &m);
+    if (rc < 0) return rc;
+    memcpy(m->param, src->param, src->n_params * sizeof(float));
+    memcpy(m->vel, src->vel, src->n_params * sizeof(float));
+    if (src->mask) {
+        m->mask = tame_malloc(src->n_params * sizeof(float));
+        if (!m->mask) {
+            nn_mlp_free(m);
+            return TAME_E_NOMEM;
+        }
+        memcpy(m->mask, src->mask, src->n_params * sizeof(float));
+    }
+    *ret_mlp = m;
+    return 0;
+}
+
+int nn_mlp_inputs(const struct nn_mlp *mlp) { return mlp->layer[0].in; }
+int nn_mlp_outputs(const struct nn_mlp *mlp) { return mlp->layer[mlp->n_layers - 1].out; }
+
+bool nn_mlp_same_shape(const struct nn_mlp *a, const struct nn_mlp *b)
+{
+    if (a->n_layers != b->n_layers) return false;
+    for (int l = 0; l < a->n_layers; l++)
+        if (a->layer[l].in != b->layer[l].in || a->layer[l].out != b->layer[l].out) return false;
+    return true;
+}
+
+size_t nn_mlp_nonzero(const struct nn_mlp *mlp)
+{
+    size_t nz = 0;
+    for (size_t i = 0; i < mlp->n_params; i++) nz += mlp->param[i] != 0.0f;
+    return nz;
+}
+
+int nn_work_new(const struct nn_mlp *mlp, int max_batch, struct nn_work **ret_work)
+{
+    if (max_batch < 1) return TAME_E_INVAL;
+    struct nn_work *w = tame_calloc(1, sizeof(*w));
+    if (!w) return TAME_E_NOMEM;
+    w->max_batch = max_batch;
+    w->n_layers = mlp->n_layers;
+    int widest = mlp->layer[0].in;
+    for (int l = 0; l < mlp->n_layers; l++) {
+        w->width[l] = mlp->layer[l].out;
+        if (w->width[l] > widest) widest = w->width[l];
+        w->act[l] = tame_malloc((size_t)max_batch * w->width[l] * sizeof(float));
+        if (!w->act[l]) goto fail;
+    }
+    for (int i = 0; i < 2; i++) {
+        w->delta[i] = tame_malloc((size_t)max_batch * widest * sizeof(float));
+        if (!w->delta[i]) goto fail;
+    }
+    w->prob = tame_malloc((size_t)max_batch * nn_mlp_outputs(mlp) * sizeof(float));
+    if (!w->prob) goto fail;
+    *ret_work = w;
+    return 0;
+fail:
+    nn_work_free(w);
+    return TAME_E_NOMEM;
+}
+
+void nn_work_free(struct nn_work *work)
+{
+    if (!work) return;
+    for (int l = 0; l < NN_MAX_LAYERS; l++) tame_free(work->act[l]);
+    tame_free(work->delta[0]);
+    tame_free(work->delta[1]);
+    tame_free(work->prob);
+    tame_free(work);
+}
+
+void nn_mlp_forward(const struct nn_mlp *mlp, struct nn_work *work, const float *x, int n)
+{
+    TAME_ASSERT(n >= 1 && n <= work->max_batch && work->n_layers == mlp->n_layers);
+    const float *in = x;
+    for (int l = 0; l < mlp->n_layers; l++) {
+        const struct nn_layer *L = &mlp->layer[l];
+        const float *b = mlp->param + L->b_off;
+        float *out = work->act[l];
+        /* Start from the bias so the GEMM adds onto it (beta = 1). */
+        for (int i = 0; i < n; i++) memcpy(out + (size_t)i * L->out, b, L->out * sizeof(float));
+        nn_gemm(false, true, n, L->out, L->in, 1.0f, in, L->in, mlp->param + L->w_off, L->in,
+                1.0f, out, L->out);
+        if (l + 1 < mlp->n_layers) {
+            size_t cnt = (size_t)n * L->out;
+            for (size_t i = 0; i < cnt; i++) out[i] = out[i] > 0.0f ? out[i] : 0.0f;
+        }
+        in = out;
+    }
+}
+
+const float *nn_work_logits(const struct nn_work *work) { return work->act[work->n_layers - 1]; }
+
+void nn_mlp_backward(struct nn_mlp *mlp, struct nn_work *work, const float *x, int n,
+                     const float *dlogits)
+{
+    const float *cur = dlogits;
+    for (int l = mlp->n_layers - 1; l >= 0; l--) {
+        const struct nn_layer *L = &mlp->layer[l];
+        const float *a_in = l == 0 ? x : work->act[l - 1];
+        /* dW = delta^T a_in  [out x in];  db = column sums of delta. */
+        nn_gemm(true, false, L->out, L->in, n, 1.0f, cur, L->out, a_in, L->in, 0.0f,
+                mlp->grad + L->w_off, L->in);
+        float *db = mlp->grad + L->b_off;
+        memset(db, 0, L->out * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            const float *row = cur + (size_t)i * L->out;
+            for (int j = 0; j < L->out; j++) db[j] += row[j];
+        }
+        if (l == 0) break;
+        /* delta_{l-1} = (delta W) * relu'(a_{l-1}) */
+        float *next = cur == work->delta[0] ? work->delta[1] : work->delta[0];
+        nn_gemm(false, false, n, L->in, L->out, 1.0f, cur, L->out, mlp->param + L->w_off, L->in,
+                0.0f, next, L->in);
+        size_t cnt = (size_t)n * L->in;
+        const float *a = work->act[l - 1];
+        for (size_t i = 0; i < cnt; i++)
+            if (a[i] <= 0.0f) next[i] = 0.0f;
+        cur = next;
+    }
+}

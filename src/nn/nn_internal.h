@@ -1,0 +1,10 @@
+/* nn_internal.h: helpers shared by the files of src/nn/ only. */
+#ifndef TAME_NN_INTERNAL_H
+#define TAME_NN_INTERNAL_H
+
+#include "tame/nn.h"
+
+/* A network of the given shape with every block zeroed and no mask. */
+int nn_mlp_alloc(const int *dims, int n_dims, struct nn_mlp **ret_mlp);
+
+#endif

@@ -1,0 +1,58 @@
+/* sgd.c: SGD with momentum and weight decay, PyTorch semantics
+ * (g = grad + wd*w; v = m*v + g; w = w - lr*v), and the one training step
+ * built on it.  An update that would put a non-finite number into the
+ * network is refused whole, so NaN and Inf never enter the state. */
+#include "tame/nn.h"
+
+#include <math.h>
+#include <string.h>
+
+int nn_sgd_step(struct nn_mlp *mlp, const struct nn_sgd *opt)
+{
+    const float lr = opt->lr, mom = opt->momentum, wd = opt->weight_decay;
+    float *w = mlp->param, *v = mlp->vel;
+    const float *g = mlp->grad, *mask = mlp->mask;
+    const size_t n = mlp->n_params;
+
+    /* Pass 1: would every new value be finite?  0*x is NaN exactly when x is
+     * Inf or NaN, and this form vectorises where isfinite() would not. */
+    float probe = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float vi = mom * v[i] + g[i] + wd * w[i];
+        float wi = w[i] - lr * vi;
+        probe += 0.0f * vi + 0.0f * wi;
+    }
+    if (probe != 0.0f) return TAME_E_NONFINITE;
+
+    /* Pass 2: apply. */
+    if (mask) {
+        for (size_t i = 0; i < n; i++) {
+            float vi = (mom * v[i] + g[i] + wd * w[i]) * mask[i];
+            v[i] = vi;
+            w[i] = (w[i] - lr * vi) * mask[i];
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            float vi = mom * v[i] + g[i] + wd * w[i];
+            v[i] = vi;
+            w[i] -= lr * vi;
+        }
+    }
+    return 0;
+}
+
+void nn_sgd_reset(struct nn_mlp *mlp) { memset(mlp->vel, 0, mlp->n_params * sizeof(float)); }
+
+int nn_mlp_train_step(struct nn_mlp *mlp, struct nn_work *work, const float *x, const int *y,
+                      int n, const struct nn_sgd *opt, double *ret_loss)
+{
+    nn_mlp_forward(mlp, work, x, n);
+    float *dlogits = work->delta[0];
+    double loss = nn_head_loss(work, y, n, dlogits);
+    if (!isfinite(loss)) return TAME_E_NONFINITE;
+    nn_mlp_backward(mlp, work, x, n, dlogits);
+    int rc = nn_sgd_step(mlp, opt);
+    if (rc < 0) return rc;
+    if (ret_loss) *ret_loss = loss;
+    return 0;
+}

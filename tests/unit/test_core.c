@@ -1,0 +1,171 @@
+/* test_core.c: error table, RNG, byte buffers and allocation hooks. */
+#include "tame/core.h"
+
+#include <check.h>
+#include <math.h>
+#include <string.h>
+
+START_TEST(error_table_maps_names_messages_statuses)
+{
+    ck_assert_str_eq(tame_err_name(TAME_E_NOMEM), "NOMEM");
+    ck_assert_str_eq(tame_strerror(TAME_E_NOMEM), "out of memory");
+    ck_assert_int_eq(tame_err_http_status(TAME_E_INVAL), 400);
+    ck_assert_int_eq(tame_err_http_status(TAME_E_NOTFOUND), 404);
+    ck_assert_int_eq(tame_err_http_status(TAME_E_UNAVAIL), 503);
+    ck_assert_str_eq(tame_err_name(-1), "UNKNOWN");
+    ck_assert_int_eq(tame_err_http_status(-1), 500);
+    ck_assert_str_eq(tame_strerror(0), "success");
+}
+END_TEST
+
+START_TEST(rng_is_deterministic_and_streams_differ)
+{
+    struct tame_rng a, b, c;
+    tame_rng_seed(&a, 42);
+    tame_rng_seed(&b, 42);
+    tame_rng_seed2(&c, 42, 1);
+    int same_c = 0;
+    for (int i = 0; i < 1000; i++) {
+        uint64_t x = tame_rng_u64(&a);
+        ck_assert_uint_eq(x, tame_rng_u64(&b));
+        same_c += x == tame_rng_u64(&c);
+    }
+    ck_assert_int_eq(same_c, 0);
+}
+END_TEST
+
+START_TEST(rng_below_is_uniform)
+{
+    /* Chi-square over 10 cells, 100000 draws: 9 dof, 99.9% quantile 27.9. */
+    struct tame_rng r;
+    tame_rng_seed(&r, 7);
+    long cnt[10] = {0};
+    const int n = 100000;
+    for (int i = 0; i < n; i++) cnt[tame_rng_below(&r, 10)]++;
+    double chi = 0;
+    for (int k = 0; k < 10; k++) chi += pow(cnt[k] - n / 10.0, 2) / (n / 10.0);
+    ck_assert_double_lt(chi, 27.9);
+    double u = tame_rng_uniform(&r);
+    ck_assert(u >= 0.0 && u < 1.0);
+}
+END_TEST
+
+START_TEST(rng_shuffle_is_a_permutation)
+{
+    struct tame_rng r;
+    tame_rng_seed(&r, 3);
+    int idx[100], seen[100] = {0};
+    for (int i = 0; i < 100; i++) idx[i] = i;
+    tame_rng_shuffle(&r, idx, 100);
+    int moved = 0;
+    for (int i = 0; i < 100; i++) {
+        seen[idx[i]]++;
+        moved += idx[i] != i;
+    }
+    for (int i = 0; i < 100; i++) ck_assert_int_eq(seen[i], 1);
+    ck_assert_int_gt(moved, 50);
+}
+END_TEST
+
+START_TEST(bytes_round_trip_with_crc)
+{
+    struct tame_wbuf w;
+    tame_wbuf_init(&w);
+    float fs[3] = {1.5f, -2.25f, 0.0f};
+    tame_wbuf_u32(&w, 0xdeadbeef);
+    tame_wbuf_u64(&w, 0x0123456789abcdefULL);
+    tame_wbuf_i32(&w, -5);
+    tame_wbuf_f64(&w, 3.25);
+    tame_wbuf_f32s(&w, fs, 3);
+    tame_wbuf_crc(&w, 0);
+    ck_assert_int_eq(w.err, 0);
+
+    struct tame_rbuf r;
+    tame_rbuf_init(&r, w.data, w.len);
+    ck_assert_uint_eq(tame_rbuf_u32(&r), 0xdeadbeef);
+    ck_assert_uint_eq(tame_rbuf_u64(&r), 0x0123456789abcdefULL);
+    ck_assert_int_eq(tame_rbuf_i32(&r), -5);
+    ck_assert_double_eq(tame_rbuf_f64(&r), 3.25);
+    float back[3];
+    tame_rbuf_f32s(&r, back, 3);
+    ck_assert_mem_eq(back, fs, sizeof(fs));
+    tame_rbuf_crc(&r, 0);
+    ck_assert_int_eq(r.err, 0);
+    ck_assert_uint_eq(tame_rbuf_left(&r), 0);
+
+    /* Any flipped bit breaks the checksum. */
+    for (size_t i = 0; i < w.len - 4; i++) {
+        w.data[i] ^= 0x10;
+        tame_rbuf_init(&r, w.data, w.len);
+        uint8_t tmp[64];
+        tame_rbuf_bytes(&r, tmp, w.len - 4);
+        tame_rbuf_crc(&r, 0);
+        ck_assert_int_eq(r.err, TAME_E_CORRUPT);
+        w.data[i] ^= 0x10;
+    }
+    tame_wbuf_done(&w);
+}
+END_TEST
+
+START_TEST(rbuf_overrun_and_nonfinite_are_corrupt)
+{
+    uint8_t two[2] = {1, 2};
+    struct tame_rbuf r;
+    tame_rbuf_init(&r, two, 2);
+    ck_assert_uint_eq(tame_rbuf_u32(&r), 0);
+    ck_assert_int_eq(r.err, TAME_E_CORRUPT);
+    ck_assert_uint_eq(tame_rbuf_left(&r), 0);
+
+    float bad[2] = {1.0f, NAN};
+    tame_rbuf_init(&r, bad, sizeof(bad));
+    float out[2];
+    tame_rbuf_f32s(&r, out, 2);
+    ck_assert_int_eq(r.err, TAME_E_CORRUPT);
+}
+END_TEST
+
+START_TEST(alloc_injection_fails_the_nth_and_counts_live)
+{
+    long live = tame_alloc_live();
+    tame_alloc_fail_at(2, false);
+    void *a = tame_malloc(8), *b = tame_malloc(8), *c = tame_malloc(8), *d = tame_malloc(8);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_ptr_null(c);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_int_eq(tame_alloc_live(), live + 3);
+    tame_alloc_fail_at(0, true);
+    ck_assert_ptr_null(tame_calloc(1, 8));
+    ck_assert_ptr_null(tame_malloc(1));
+    tame_alloc_fail_at(-1, false);
+    tame_free(a);
+    tame_free(b);
+    tame_free(d);
+    tame_free(NULL);
+    ck_assert_int_eq(tame_alloc_live(), live);
+}
+END_TEST
+
+static Suite *core_suite(void)
+{
+    Suite *s = suite_create("core");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, error_table_maps_names_messages_statuses);
+    tcase_add_test(tc, rng_is_deterministic_and_streams_differ);
+    tcase_add_test(tc, rng_below_is_uniform);
+    tcase_add_test(tc, rng_shuffle_is_a_permutation);
+    tcase_add_test(tc, bytes_round_trip_with_crc);
+    tcase_add_test(tc, rbuf_overrun_and_nonfinite_are_corrupt);
+    tcase_add_test(tc, alloc_injection_fails_the_nth_and_counts_live);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(core_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
