@@ -46,6 +46,9 @@ int nn_mlp_new(const int *dims, int n_dims, struct tame_rng *rng, struct nn_mlp 
 void nn_mlp_free(struct nn_mlp *mlp);
 /* Deep copy, including velocity and mask. */
 int nn_mlp_clone(const struct nn_mlp *src, struct nn_mlp **ret_mlp);
+/* A copy of the parameters only (no gradient, velocity or mask): enough to
+ * run forward passes, e.g. in a published prediction snapshot. */
+int nn_mlp_clone_frozen(const struct nn_mlp *src, struct nn_mlp **ret_mlp);
 int nn_mlp_inputs(const struct nn_mlp *mlp);
 int nn_mlp_outputs(const struct nn_mlp *mlp);
 /* Same shapes? */

@@ -92,6 +92,22 @@ int nn_mlp_clone(const struct nn_mlp *src, struct nn_mlp **ret_mlp)
     return 0;
 }
 
+int nn_mlp_clone_frozen(const struct nn_mlp *src, struct nn_mlp **ret_mlp)
+{
+    struct nn_mlp *m = tame_calloc(1, sizeof(*m));
+    if (!m) return TAME_E_NOMEM;
+    *m = *src;
+    m->grad = m->vel = m->mask = NULL;
+    m->param = tame_malloc(src->n_params * sizeof(float));
+    if (!m->param) {
+        tame_free(m);
+        return TAME_E_NOMEM;
+    }
+    memcpy(m->param, src->param, src->n_params * sizeof(float));
+    *ret_mlp = m;
+    return 0;
+}
+
 int nn_mlp_inputs(const struct nn_mlp *mlp) { return mlp->layer[0].in; }
 int nn_mlp_outputs(const struct nn_mlp *mlp) { return mlp->layer[mlp->n_layers - 1].out; }
 

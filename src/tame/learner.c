@@ -1,0 +1,457 @@
+/* learner.c: the per-batch step of DESIGN 2.4, the detector arithmetic of
+ * 2.3 and the learner's bookkeeping.  Everything a step might need to
+ * allocate is allocated before the learner changes, so a failed step leaves
+ * it exactly as it was. */
+#include "tame_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- experts ---- */
+
+int tame_expert_new(const struct tame_learner *l, int id, struct tame_expert **ret)
+{
+    const struct tame_params *p = &l->p;
+    struct tame_expert *e = tame_calloc(1, sizeof(*e));
+    if (!e) return TAME_E_NOMEM;
+    e->id = id;
+    int dims[TAME_MAX_HIDDEN + 2];
+    int n_dims = tame_dims(p, p->classes, dims);
+    struct tame_rng rng;
+    tame_rng_seed2(&rng, p->seed, 1000 + (uint64_t)id);
+    int rc = nn_mlp_new(dims, n_dims, &rng, &e->net);
+    if (rc < 0) goto fail;
+    rc = nn_work_new(e->net, p->batch_size, &e->work);
+    if (rc < 0) goto fail;
+    rc = tame_reservoir_new(p->expert_capacity, p->input_dim, &e->buf);
+    if (rc < 0) goto fail;
+    rc = TAME_E_NOMEM;
+    e->window = tame_malloc((size_t)p->window * sizeof(float));
+    e->labels = tame_calloc((size_t)p->classes, 1);
+    if (!e->window || !e->labels) goto fail;
+    /* The window starts from ln(C), the loss of an uninformed guess. */
+    e->window[0] = (float)log((double)p->classes);
+    e->win_len = 1;
+    e->win_pos = 1 % p->window;
+    *ret = e;
+    return 0;
+fail:
+    tame_expert_free(e);
+    return rc;
+}
+
+void tame_expert_free(struct tame_expert *e)
+{
+    if (!e) return;
+    nn_mlp_free(e->net);
+    nn_work_free(e->work);
+    tame_reservoir_free(e->buf);
+    tame_free(e->window);
+    tame_free(e->labels);
+    tame_free(e);
+}
+
+static void window_stats(const struct tame_expert *e, double *mean, double *sd)
+{
+    double s = 0, s2 = 0;
+    for (int i = 0; i < e->win_len; i++) s += e->window[i];
+    *mean = s / e->win_len;
+    for (int i = 0; i < e->win_len; i++) s2 += (e->window[i] - *mean) * (e->window[i] - *mean);
+    *sd = sqrt(s2 / e->win_len); /* population sd */
+}
+
+static void window_push(struct tame_expert *e, int cap, double loss)
+{
+    e->window[e->win_pos] = (float)loss;
+    e->win_pos = (e->win_pos + 1) % cap;
+    if (e->win_len < cap) e->win_len++;
+}
+
+/* mean(W) + k * max(popstd(W), floor) */
+static double window_line(const struct tame_expert *e, double k, double floor_sd)
+{
+    double mean, sd;
+    window_stats(e, &mean, &sd);
+    return mean + k * (sd > floor_sd ? sd : floor_sd);
+}
+
+static double ewma(bool has, double prev, double x, double alpha)
+{
+    return has ? alpha * x + (1.0 - alpha) * prev : x;
+}
+
+/* ---- learner lifecycle ---- */
+
+int tame_learner_new(const struct tame_params *params, struct tame_learner **ret)
+{
+    int rc = tame_params_validate(params, NULL);
+    if (rc < 0) return rc;
+    struct tame_learner *l = tame_calloc(1, sizeof(*l));
+    if (!l) return TAME_E_NOMEM;
+    l->p = *params;
+    l->active = -1;
+    tame_rng_seed2(&l->rng, params->seed, 1);
+    rc = tame_reservoir_new(params->selector_capacity, params->input_dim, &l->sel_buf);
+    if (rc < 0) {
+        tame_learner_free(l);
+        return rc;
+    }
+    *ret = l;
+    return 0;
+}
+
+void tame_learner_free(struct tame_learner *l)
+{
+    if (!l) return;
+    for (int k = 0; k < l->n_experts; k++) tame_expert_free(l->experts[k]);
+    tame_reservoir_free(l->sel_buf);
+    nn_mlp_free(l->selector);
+    tame_free(l->events);
+    tame_free(l);
+}
+
+const struct tame_params *tame_learner_params(const struct tame_learner *l) { return &l->p; }
+
+/* ---- events ---- */
+
+static int events_reserve(struct tame_learner *l, size_t more)
+{
+    if (l->n_events + more <= l->events_cap) return 0;
+    size_t cap = l->events_cap ? l->events_cap : 16;
+    while (cap < l->n_events + more) cap *= 2;
+    struct tame_event *ev = tame_realloc(l->events, cap * sizeof(*ev));
+    if (!ev) return TAME_E_NOMEM;
+    l->events = ev;
+    l->events_cap = cap;
+    return 0;
+}
+
+int tame_learner_record(struct tame_learner *l, const struct tame_event *ev)
+{
+    int rc = events_reserve(l, 1);
+    if (rc < 0) return rc;
+    struct tame_event *e = &l->events[l->n_events++];
+    *e = *ev;
+    e->seq = l->next_event_seq++;
+    e->k_sigma = l->p.k_sigma;
+    e->k_warn = l->p.k_warn;
+    e->min_batches = l->p.min_batches;
+    return 0;
+}
+
+int tame_learner_take_events(struct tame_learner *l, struct tame_event **ret_events, size_t *ret_n)
+{
+    *ret_events = l->n_events ? l->events : NULL;
+    *ret_n = l->n_events;
+    if (!l->n_events) return 0;
+    l->events = NULL;
+    l->n_events = l->events_cap = 0;
+    return 0;
+}
+
+static struct tame_event event_with_losses(const struct tame_learner *l, enum tame_event_kind kind,
+                                           int from, int to)
+{
+    struct tame_event ev = {.batch = l->batches, .kind = kind, .from = from, .to = to};
+    ev.n_losses = l->n_experts;
+    for (int k = 0; k < l->n_experts; k++) ev.losses[k] = (float)l->experts[k]->loss;
+    return ev;
+}
+
+/* ---- training helpers ---- */
+
+int tame_train_epochs(struct nn_mlp *net, struct nn_work *work, const struct tame_params *p,
+                      struct tame_rng *rng, const float *x, const int *y, int n, int epochs)
+{
+    if (n < 1 || epochs < 1) return 0;
+    int bs = work->max_batch;
+    struct nn_sgd opt = {.lr = p->lr, .momentum = p->momentum, .weight_decay = p->weight_decay};
+    int *order = tame_malloc((size_t)n * sizeof(int));
+    float *bx = tame_malloc((size_t)bs * p->input_dim * sizeof(float));
+    int *by = tame_malloc((size_t)bs * sizeof(int));
+    int rc = TAME_E_NOMEM;
+    if (!order || !bx || !by) goto out;
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int ep = 0; ep < epochs; ep++) {
+        tame_rng_shuffle(rng, order, n);
+        for (int start = 0; start < n; start += bs) {
+            int m = n - start < bs ? n - start : bs;
+            for (int i = 0; i < m; i++) {
+                int s = order[start + i];
+                memcpy(bx + (size_t)i * p->input_dim, x + (size_t)s * p->input_dim,
+                       (size_t)p->input_dim * sizeof(float));
+                by[i] = y[s];
+            }
+            /* A refused (non-finite) update just leaves the weights as they were. */
+            (void)nn_mlp_train_step(net, work, bx, by, m, &opt, NULL);
+        }
+    }
+    rc = 0;
+out:
+    tame_free(order);
+    tame_free(bx);
+    tame_free(by);
+    return rc;
+}
+
+/* A pruned and fine-tuned copy of a deactivated expert's network (DESIGN
+ * 2.7), built before the step commits so that a failure changes nothing.
+ * Fine-tuning uses the expert's own buffer and workspace. */
+static int expert_pruned_copy(const struct tame_learner *l, struct tame_expert *e,
+                              struct nn_mlp **ret_net)
+{
+    const struct tame_params *p = &l->p;
+    int n = tame_reservoir_size(e->buf);
+    struct nn_mlp *net = NULL;
+    float *x = tame_malloc((size_t)(n ? n : 1) * p->input_dim * sizeof(float));
+    int *y = tame_malloc((size_t)(n ? n : 1) * sizeof(int));
+    int rc = TAME_E_NOMEM;
+    if (!x || !y) goto out;
+    rc = nn_mlp_clone(e->net, &net);
+    if (rc < 0) goto out;
+    rc = nn_mlp_prune(net, p->expert_sparsity);
+    if (rc < 0) goto out;
+    tame_reservoir_copy(e->buf, x, y, NULL);
+    struct tame_rng rng;
+    tame_rng_seed2(&rng, p->seed, 0x100000000ULL + l->batches * TAME_MAX_EXPERTS + (uint64_t)e->id);
+    rc = tame_train_epochs(net, e->work, p, &rng, x, y, n, p->finetune_epochs);
+    if (rc < 0) goto out;
+    *ret_net = net;
+    net = NULL;
+out:
+    nn_mlp_free(net);
+    tame_free(x);
+    tame_free(y);
+    return rc;
+}
+
+/* Distinct labels of y[0..n) that have no bucket (label, tag) in r yet. */
+static int new_buckets(const struct tame_reservoir *r, const int *y, int n, int tag, int classes)
+{
+    uint8_t seen[NN_MAX_OUTPUTS] = {0};
+    int fresh = 0;
+    (void)classes;
+    for (int i = 0; i < n; i++) {
+        if (seen[y[i]]) continue;
+        seen[y[i]] = 1;
+        fresh += !tame_reservoir_has_bucket(r, y[i], tag);
+    }
+    return fresh;
+}
+
+/* ---- the step ---- */
+
+int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int n)
+{
+    const struct tame_params *p = &l->p;
+    if (n < 1 || n > p->batch_size) return TAME_E_RANGE;
+    for (int i = 0; i < n; i++)
+        if (y[i] < 0 || y[i] >= p->classes) return TAME_E_RANGE;
+    size_t nx = (size_t)n * p->input_dim;
+    float probe = 0.0f;
+    for (size_t i = 0; i < nx; i++) probe += 0.0f * x[i];
+    if (probe != 0.0f) {
+        l->nonfinite_batches++;
+        return TAME_E_NONFINITE;
+    }
+    /* Room for detect + reuse/spawn + prune (+ the first spawn). */
+    int rc = events_reserve(l, 4);
+    if (rc < 0) return rc;
+
+    struct tame_expert *first = NULL;
+    if (l->n_experts == 0) {
+        rc = tame_expert_new(l, 0, &first);
+        if (rc < 0) return rc;
+    }
+    const int n_old = l->n_experts;
+    struct tame_expert *const *ex = l->experts;
+
+    /* 2. Score every expert (forward only, test-then-train). */
+    double loss[TAME_MAX_EXPERTS + 1];
+    for (int k = 0; k < n_old; k++) {
+        nn_mlp_forward(ex[k]->net, ex[k]->work, x, n);
+        loss[k] = nn_head_loss(ex[k]->work, y, n, ex[k]->work->delta[0]);
+        if (!isfinite(loss[k])) {
+            l->nonfinite_batches++;
+            return TAME_E_NONFINITE;
+        }
+    }
+
+    /* 3-4. Threshold and shift test of the active expert, decided before
+     * anything changes. */
+    int a = l->active, next = a;
+    bool detect = false, spawn = first != NULL;
+    double s_all_a = 0, tau_a = 0, best_hyp = INFINITY;
+    if (a >= 0) {
+        struct tame_expert *ea = ex[a];
+        s_all_a = ewma(ea->has_s_all, ea->s_all, loss[a], p->alpha);
+        tau_a = window_line(ea, p->k_sigma, p->sigma_floor);
+        detect = ea->since_active >= (uint64_t)p->min_batches && s_all_a > tau_a;
+    }
+    if (detect) {
+        int best = -1, best_any = -1;
+        double best_any_hyp = INFINITY;
+        for (int k = 0; k < n_old; k++) {
+            if (k == a) continue;
+            const struct tame_expert *e = ex[k];
+            double hyp = e->has_s_act ? p->alpha * loss[k] + (1.0 - p->alpha) * e->s_act : loss[k];
+            if (hyp < best_any_hyp) best_any_hyp = hyp, best_any = k;
+            if (hyp < e->tau && hyp < best_hyp) best_hyp = hyp, best = k;
+        }
+        if (best >= 0) {
+            next = best;
+        } else if (n_old < p->max_experts) {
+            spawn = true;
+        } else {
+            /* At the expert limit: fall back to the closest expert. */
+            next = best_any >= 0 ? best_any : a;
+            best_hyp = best_any_hyp;
+        }
+    }
+    struct tame_expert *born = first;
+    struct nn_mlp *pruned = NULL;
+    if (spawn && !born) {
+        rc = tame_expert_new(l, n_old, &born);
+        if (rc < 0) return rc;
+    }
+    if (born) {
+        next = n_old;
+        nn_mlp_forward(born->net, born->work, x, n);
+        loss[n_old] = nn_head_loss(born->work, y, n, born->work->delta[0]);
+        if (!isfinite(loss[n_old])) {
+            tame_expert_free(born);
+            l->nonfinite_batches++;
+            return TAME_E_NONFINITE;
+        }
+    }
+    if (detect && next != a && p->expert_sparsity > 0) {
+        rc = expert_pruned_copy(l, ex[a], &pruned);
+        if (rc < 0) goto fail;
+    }
+    /* The buffers will take B under the expert that trains on it. */
+    struct tame_expert *target = born ? born : ex[next];
+    rc = tame_reservoir_reserve(l->sel_buf, new_buckets(l->sel_buf, y, n, next, p->classes));
+    if (rc < 0) goto fail;
+    rc = tame_reservoir_reserve(target->buf, new_buckets(target->buf, y, n, 0, p->classes));
+    if (rc < 0) goto fail;
+
+    /* Commit: from here on nothing fails. */
+    for (int k = 0; k < n_old; k++) {
+        struct tame_expert *e = ex[k];
+        e->loss = loss[k];
+        e->s_all = ewma(e->has_s_all, e->s_all, loss[k], p->alpha);
+        e->has_s_all = true;
+    }
+    if (a >= 0) ex[a]->tau = tau_a;
+    if (born) {
+        born->loss = born->s_all = loss[n_old];
+        born->has_s_all = true;
+        l->experts[n_old] = born;
+        l->n_experts++;
+    }
+    if (detect) {
+        struct tame_event ev = event_with_losses(l, TAME_EV_DETECT, a, -1);
+        ev.stat = s_all_a;
+        ev.threshold = tau_a;
+        tame_learner_record(l, &ev);
+    }
+    if (born) {
+        struct tame_event ev = event_with_losses(l, TAME_EV_SPAWN, a, next);
+        tame_learner_record(l, &ev);
+    } else if (detect && next != a) {
+        struct tame_event ev = event_with_losses(l, TAME_EV_REUSE, a, next);
+        ev.stat = best_hyp;
+        ev.threshold = ex[next]->tau;
+        tame_learner_record(l, &ev);
+    }
+    if (detect && next != a && !born) {
+        /* A reused expert's S_all has been tracking data it does not own
+         * while inactive; restart it from the statistic that made it
+         * qualify, or it would look "shifted" for ~20 batches and be
+         * dropped again right after its minimum run (see README). */
+        ex[next]->s_all = best_hyp;
+    }
+    if (detect) ex[next]->since_active = 0;
+    if (pruned) {
+        nn_mlp_free(ex[a]->net);
+        ex[a]->net = pruned;
+        ex[a]->pruned = true;
+        struct tame_event ev = event_with_losses(l, TAME_EV_PRUNE, a, a);
+        ev.stat = (double)nn_mlp_nonzero(pruned);
+        tame_learner_record(l, &ev);
+    }
+    l->active = next;
+
+    /* 5. Train the active expert one step on B, reusing its forward pass. */
+    struct tame_expert *e = l->experts[next];
+    double la = e->loss;
+    nn_mlp_backward(e->net, e->work, x, n, e->work->delta[0]);
+    struct nn_sgd opt = {.lr = p->lr, .momentum = p->momentum, .weight_decay = p->weight_decay};
+    if (nn_sgd_step(e->net, &opt) < 0) {
+        l->nonfinite_updates++;
+    } else {
+        /* The window keeps an honest reference: only losses of an expert
+         * in control (below the warning line) enter it. */
+        if (e->s_all <= window_line(e, p->k_warn, p->sigma_floor)) window_push(e, p->window, la);
+        e->s_act = ewma(e->has_s_act, e->s_act, la, p->alpha);
+        e->has_s_act = true;
+        e->batches_trained++;
+        e->since_active++;
+        /* 7. Offer B to the buffers (room reserved before the commit). */
+        for (int i = 0; i < n; i++) {
+            const float *xi = x + (size_t)i * p->input_dim;
+            e->labels[y[i]] = 1;
+            rc = tame_reservoir_offer(l->sel_buf, xi, y[i], next, tame_rng_uniform(&l->rng));
+            TAME_ASSERT(rc == 0); /* reserved above */
+            rc = tame_reservoir_offer(e->buf, xi, y[i], 0, tame_rng_uniform(&l->rng));
+            TAME_ASSERT(rc == 0);
+        }
+        l->samples_trained += (uint64_t)n;
+    }
+    l->batches++;
+    return 0;
+fail:
+    if (born) tame_expert_free(born);
+    nn_mlp_free(pruned);
+    return rc;
+}
+
+/* ---- introspection ---- */
+
+void tame_learner_info(const struct tame_learner *l, struct tame_info *info)
+{
+    *info = (struct tame_info){
+        .batches = l->batches,
+        .samples_trained = l->samples_trained,
+        .n_experts = l->n_experts,
+        .active = l->active,
+        .nonfinite_batches = l->nonfinite_batches,
+        .nonfinite_updates = l->nonfinite_updates,
+        .selector_experts = l->selector ? l->selector_experts : 0,
+        .selector_version = l->selector_version,
+        .selector_fill = tame_reservoir_size(l->sel_buf),
+    };
+    info->selector_due = l->n_experts >= 2 &&
+                         (l->selector_experts != l->n_experts ||
+                          l->batches - l->selector_batch >= (uint64_t)l->p.selector_every);
+}
+
+int tame_learner_expert_info(const struct tame_learner *l, int expert,
+                             struct tame_expert_info *info)
+{
+    if (expert < 0 || expert >= l->n_experts) return TAME_E_NOTFOUND;
+    const struct tame_expert *e = l->experts[expert];
+    *info = (struct tame_expert_info){
+        .id = e->id,
+        .batches_trained = e->batches_trained,
+        .labels = e->labels,
+        .nonzero_params = nn_mlp_nonzero(e->net),
+        .loss = e->loss,
+        .threshold = e->tau,
+        .s_all = e->s_all,
+        .s_act = e->s_act,
+        .pruned = e->pruned,
+        .buffer_fill = tame_reservoir_size(e->buf),
+    };
+    return 0;
+}

@@ -1,0 +1,137 @@
+/* selector.c: training the selector (DESIGN 2.6) as a job that copies what
+ * it needs from the learner, runs anywhere, and is installed atomically.
+ * The selector maps x to the expert that was active when x arrived. */
+#include "tame_internal.h"
+
+#include <string.h>
+
+struct tame_selector_job {
+    struct tame_params p;
+    int n_experts;         /* outputs of the selector being trained */
+    uint64_t version;      /* selector_version of the learner when copied */
+    uint64_t batch;        /* learner batches when copied */
+    int n;                 /* training samples */
+    float *x;              /* [n x input_dim] */
+    int *tag;              /* [n] expert ids */
+    struct nn_mlp *net;    /* the trained selector, NULL until run */
+    double accuracy;       /* on its own training sample */
+};
+
+void tame_selector_job_free(struct tame_selector_job *job)
+{
+    if (!job) return;
+    tame_free(job->x);
+    tame_free(job->tag);
+    nn_mlp_free(job->net);
+    tame_free(job);
+}
+
+int tame_selector_job_new(const struct tame_learner *l, struct tame_selector_job **ret)
+{
+    int n = tame_reservoir_size(l->sel_buf);
+    if (l->n_experts < 2 || n < 1) return TAME_E_STATE;
+    struct tame_selector_job *job = tame_calloc(1, sizeof(*job));
+    if (!job) return TAME_E_NOMEM;
+    job->p = l->p;
+    job->n_experts = l->n_experts;
+    job->version = l->selector_version;
+    job->batch = l->batches;
+    job->n = n;
+    job->x = tame_malloc((size_t)n * l->p.input_dim * sizeof(float));
+    job->tag = tame_malloc((size_t)n * sizeof(int));
+    if (!job->x || !job->tag) {
+        tame_selector_job_free(job);
+        return TAME_E_NOMEM;
+    }
+    tame_reservoir_copy(l->sel_buf, job->x, NULL, job->tag);
+    *ret = job;
+    return 0;
+}
+
+int tame_selector_job_run(struct tame_selector_job *job)
+{
+    const struct tame_params *p = &job->p;
+    int dims[TAME_MAX_HIDDEN + 2];
+    int n_dims = tame_dims(p, job->n_experts, dims);
+    struct tame_rng rng;
+    tame_rng_seed2(&rng, p->seed, 0x200000000ULL + job->version);
+    struct nn_mlp *net = NULL;
+    struct nn_work *work = NULL;
+    int rc = nn_mlp_new(dims, n_dims, &rng, &net);
+    if (rc < 0) goto fail;
+    rc = nn_work_new(net, p->batch_size, &work);
+    if (rc < 0) goto fail;
+    rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, p->selector_epochs);
+    if (rc < 0) goto fail;
+    if (p->selector_sparsity > 0) {
+        rc = nn_mlp_prune(net, p->selector_sparsity);
+        if (rc < 0) goto fail;
+        rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, p->finetune_epochs);
+        if (rc < 0) goto fail;
+    }
+    /* Accuracy on its own sample: how well it separates the experts. */
+    int correct = 0;
+    for (int start = 0; start < job->n; start += p->batch_size) {
+        int m = job->n - start < p->batch_size ? job->n - start : p->batch_size;
+        nn_mlp_forward(net, work, job->x + (size_t)start * p->input_dim, m);
+        const float *z = nn_work_logits(work);
+        for (int i = 0; i < m; i++) {
+            int best = 0;
+            for (int j = 1; j < job->n_experts; j++)
+                if (z[i * job->n_experts + j] > z[i * job->n_experts + best]) best = j;
+            correct += best == job->tag[start + i];
+        }
+    }
+    job->accuracy = (double)correct / job->n;
+    nn_work_free(work);
+    nn_mlp_free(job->net);
+    job->net = net;
+    return 0;
+fail:
+    nn_work_free(work);
+    nn_mlp_free(net);
+    return rc;
+}
+
+int tame_learner_install_selector(struct tame_learner *l, struct tame_selector_job *job)
+{
+    if (!job->net || job->n_experts > l->n_experts ||
+        nn_mlp_inputs(job->net) != l->p.input_dim)
+        return TAME_E_STATE;
+    int rc = tame_learner_record(l, &(struct tame_event){.batch = l->batches,
+                                                         .kind = TAME_EV_SELECTOR,
+                                                         .from = l->selector ? l->selector_experts : 0,
+                                                         .to = job->n_experts,
+                                                         .stat = job->accuracy});
+    if (rc < 0) return rc;
+    if (job->p.selector_sparsity > 0) {
+        rc = tame_learner_record(l, &(struct tame_event){.batch = l->batches,
+                                                         .kind = TAME_EV_PRUNE,
+                                                         .from = -1,
+                                                         .to = -1,
+                                                         .stat = (double)nn_mlp_nonzero(job->net)});
+        if (rc < 0) {
+            l->n_events--; /* undo the selector event: all or nothing */
+            l->next_event_seq--;
+            return rc;
+        }
+    }
+    nn_mlp_free(l->selector);
+    l->selector = job->net;
+    job->net = NULL;
+    l->selector_experts = job->n_experts;
+    l->selector_version++;
+    l->selector_batch = job->batch;
+    return 0;
+}
+
+int tame_learner_train_selector(struct tame_learner *l)
+{
+    struct tame_selector_job *job;
+    int rc = tame_selector_job_new(l, &job);
+    if (rc < 0) return rc;
+    rc = tame_selector_job_run(job);
+    if (rc >= 0) rc = tame_learner_install_selector(l, job);
+    tame_selector_job_free(job);
+    return rc;
+}
