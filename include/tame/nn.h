@@ -19,6 +19,12 @@
 #define NN_MAX_WIDTH 65536   /* any single layer dimension */
 #define NN_MAX_OUTPUTS 4096  /* output layer (classes, experts) */
 
+/* The output head that turns logits into probabilities and a loss. */
+enum nn_head {
+    NN_HEAD_SIGMOID_SOFTMAX = 0, /* softmax(sigmoid(z)): bounded loss, for experts */
+    NN_HEAD_SOFTMAX = 1,         /* softmax(z): plain cross-entropy, for the selector */
+};
+
 struct nn_layer {
     int in, out;       /* shape: weights are [out x in] row-major */
     size_t w_off;      /* offset of the weights in the parameter block */
@@ -28,6 +34,7 @@ struct nn_layer {
 /* Owned by one thread at a time; const networks may be shared for forward. */
 struct nn_mlp {
     int n_layers;                       /* >= 1 */
+    enum nn_head head;                  /* default NN_HEAD_SIGMOID_SOFTMAX */
     struct nn_layer layer[NN_MAX_LAYERS];
     size_t n_params;                    /* weights + biases */
     size_t n_weights;                   /* weights only (what pruning ranks) */
@@ -59,6 +66,7 @@ size_t nn_mlp_nonzero(const struct nn_mlp *mlp);
 /* ---- workspaces ---- */
 struct nn_work {
     int max_batch;
+    enum nn_head head;          /* copied from the network it was made for */
     int n_layers;
     int width[NN_MAX_LAYERS];   /* outputs of each layer */
     float *act[NN_MAX_LAYERS];  /* [max_batch x width[l]]: post-ReLU, last = logits */
@@ -76,13 +84,20 @@ void nn_work_free(struct nn_work *work);
 void nn_mlp_forward(const struct nn_mlp *mlp, struct nn_work *work, const float *x, int n);
 const float *nn_work_logits(const struct nn_work *work);
 
-/* The sigmoid-then-softmax cross-entropy head, on the logits of the last
- * forward pass: s = sigmoid(z), p = softmax(s), loss = mean_i -log p_i[y_i].
+/* The network's head on the logits of the last forward pass.  For the
+ * default sigmoid-then-softmax head: s = sigmoid(z), p = softmax(s),
+ * loss = mean_i -log p_i[y_i]
  * Returns the mean loss; if `dlogits` is not NULL it receives
- * dL/dz = (p - onehot(y)) * s * (1 - s) / n  [n x C].  Labels must be in
+ * dL/dz = (p - onehot(y)) * s * (1 - s) / n  [n x C] (plain softmax:
+ * (p - onehot(y)) / n).  Labels must be in
  * [0, C).  Also fills work->prob. */
 double nn_head_loss(struct nn_work *work, const int *y, int n, float *dlogits);
-/* Fill work->prob = softmax(sigmoid(logits)) for the last forward pass. */
+/* The same with the softmax over the outputs j with active[j] != 0 only
+ * (active == NULL: all).  Inactive outputs get p = 0 and no gradient; every
+ * y[i] must be active.  The loss is then bounded by the active count. */
+double nn_head_loss_masked(struct nn_work *work, const int *y, int n, const uint8_t *active,
+                           float *dlogits);
+/* Fill work->prob with the head's probabilities for the last forward pass. */
 void nn_head_probs(struct nn_work *work, int n);
 
 /* Back-propagate dlogits (as produced by nn_head_loss, [n x C], may be the
@@ -104,11 +119,12 @@ struct nn_sgd {
 int nn_sgd_step(struct nn_mlp *mlp, const struct nn_sgd *opt);
 void nn_sgd_reset(struct nn_mlp *mlp);
 
-/* Train one step on (x, y): forward, loss, backward, SGD.  *ret_loss is the
+/* Train one step on (x, y): forward, loss (over `active` outputs, NULL =
+ * all), backward, SGD.  *ret_loss is the
  * pre-update loss.  If the loss is not finite nothing is trained and
  * TAME_E_NONFINITE is returned; same if the update would be non-finite. */
 int nn_mlp_train_step(struct nn_mlp *mlp, struct nn_work *work, const float *x, const int *y,
-                      int n, const struct nn_sgd *opt, double *ret_loss);
+                      int n, const uint8_t *active, const struct nn_sgd *opt, double *ret_loss);
 
 /* ---- pruning ---- */
 /* Global magnitude pruning over all weight matrices (biases untouched):
@@ -132,6 +148,8 @@ void nn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const
              int lda, const float *b, int ldb, float beta, float *c, int ldc);
 void nn_gemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* Threads OpenBLAS may use for one call (1 = deterministic, one per learner). */
+void nn_blas_threads(int n);
 /* Use the reference GEMM everywhere (tests); returns the previous setting. */
 bool nn_gemm_use_ref(bool use_ref);
 

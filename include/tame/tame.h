@@ -45,11 +45,15 @@ struct tame_params {
     int selector_capacity;   /* selector buffer size, 5000 */
     int expert_capacity;     /* per-expert buffer size, 500 */
     int selector_epochs;     /* 50 */
+    float selector_lr;       /* SGD learning rate of the selector, 0.01 */
     int selector_every;      /* retrain due after this many batches, 1000 */
     float expert_sparsity;   /* pruning of experts once inactive, 0.98 */
     float selector_sparsity; /* pruning of the selector after training, 0.5 */
     int finetune_epochs;     /* fine-tuning after each prune, 10 */
     int max_experts;         /* <= TAME_MAX_EXPERTS, 32 */
+    int attribution_batches; /* trained batches held back before they enter the
+                                buffers, so a detection can hand the batches of
+                                its warning zone to the new expert, 8 */
     uint64_t seed;           /* every random choice derives from it */
 };
 

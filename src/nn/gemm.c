@@ -10,6 +10,9 @@ static atomic_bool gemm_ref;
 
 bool nn_gemm_use_ref(bool use_ref) { return atomic_exchange(&gemm_ref, use_ref); }
 
+/* OpenBLAS's own call (declared in its cblas.h). */
+void nn_blas_threads(int n) { openblas_set_num_threads(n); }
+
 void nn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
              int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {

@@ -78,6 +78,7 @@ int nn_mlp_clone(const struct nn_mlp *src, struct nn_mlp **ret_mlp)
     struct nn_mlp *m;
     int rc = nn_mlp_alloc(dims, src->n_layers + 1, &m);
     if (rc < 0) return rc;
+    m->head = src->head;
     memcpy(m->param, src->param, src->n_params * sizeof(float));
     memcpy(m->vel, src->vel, src->n_params * sizeof(float));
     if (src->mask) {
@@ -132,6 +133,7 @@ int nn_work_new(const struct nn_mlp *mlp, int max_batch, struct nn_work **ret_wo
     struct nn_work *w = tame_calloc(1, sizeof(*w));
     if (!w) return TAME_E_NOMEM;
     w->max_batch = max_batch;
+    w->head = mlp->head;
     w->n_layers = mlp->n_layers;
     int widest = mlp->layer[0].in;
     for (int l = 0; l < mlp->n_layers; l++) {

@@ -44,11 +44,11 @@ int nn_sgd_step(struct nn_mlp *mlp, const struct nn_sgd *opt)
 void nn_sgd_reset(struct nn_mlp *mlp) { memset(mlp->vel, 0, mlp->n_params * sizeof(float)); }
 
 int nn_mlp_train_step(struct nn_mlp *mlp, struct nn_work *work, const float *x, const int *y,
-                      int n, const struct nn_sgd *opt, double *ret_loss)
+                      int n, const uint8_t *active, const struct nn_sgd *opt, double *ret_loss)
 {
     nn_mlp_forward(mlp, work, x, n);
     float *dlogits = work->delta[0];
-    double loss = nn_head_loss(work, y, n, dlogits);
+    double loss = nn_head_loss_masked(work, y, n, active, dlogits);
     if (!isfinite(loss)) return TAME_E_NONFINITE;
     nn_mlp_backward(mlp, work, x, n, dlogits);
     int rc = nn_sgd_step(mlp, opt);

@@ -92,12 +92,23 @@ int tame_learner_new(const struct tame_params *params, struct tame_learner **ret
     l->active = -1;
     tame_rng_seed2(&l->rng, params->seed, 1);
     rc = tame_reservoir_new(params->selector_capacity, params->input_dim, &l->sel_buf);
-    if (rc < 0) {
-        tame_learner_free(l);
-        return rc;
+    if (rc < 0) goto fail;
+    rc = TAME_E_NOMEM;
+    if (params->attribution_batches > 0) {
+        l->pending = tame_calloc((size_t)params->attribution_batches, sizeof(*l->pending));
+        if (!l->pending) goto fail;
+        for (int i = 0; i < params->attribution_batches; i++) {
+            struct tame_pending *q = &l->pending[i];
+            q->x = tame_malloc((size_t)params->batch_size * params->input_dim * sizeof(float));
+            q->y = tame_malloc((size_t)params->batch_size * sizeof(int));
+            if (!q->x || !q->y) goto fail;
+        }
     }
     *ret = l;
     return 0;
+fail:
+    tame_learner_free(l);
+    return rc;
 }
 
 void tame_learner_free(struct tame_learner *l)
@@ -105,6 +116,12 @@ void tame_learner_free(struct tame_learner *l)
     if (!l) return;
     for (int k = 0; k < l->n_experts; k++) tame_expert_free(l->experts[k]);
     tame_reservoir_free(l->sel_buf);
+    if (l->pending)
+        for (int i = 0; i < l->p.attribution_batches; i++) {
+            tame_free(l->pending[i].x);
+            tame_free(l->pending[i].y);
+        }
+    tame_free(l->pending);
     nn_mlp_free(l->selector);
     tame_free(l->events);
     tame_free(l);
@@ -161,7 +178,8 @@ static struct tame_event event_with_losses(const struct tame_learner *l, enum ta
 /* ---- training helpers ---- */
 
 int tame_train_epochs(struct nn_mlp *net, struct nn_work *work, const struct tame_params *p,
-                      struct tame_rng *rng, const float *x, const int *y, int n, int epochs)
+                      struct tame_rng *rng, const float *x, const int *y, int n,
+                      const uint8_t *active, int epochs)
 {
     if (n < 1 || epochs < 1) return 0;
     int bs = work->max_batch;
@@ -183,7 +201,7 @@ int tame_train_epochs(struct nn_mlp *net, struct nn_work *work, const struct tam
                 by[i] = y[s];
             }
             /* A refused (non-finite) update just leaves the weights as they were. */
-            (void)nn_mlp_train_step(net, work, bx, by, m, &opt, NULL);
+            (void)nn_mlp_train_step(net, work, bx, by, m, active, &opt, NULL);
         }
     }
     rc = 0;
@@ -214,7 +232,7 @@ static int expert_pruned_copy(const struct tame_learner *l, struct tame_expert *
     tame_reservoir_copy(e->buf, x, y, NULL);
     struct tame_rng rng;
     tame_rng_seed2(&rng, p->seed, 0x100000000ULL + l->batches * TAME_MAX_EXPERTS + (uint64_t)e->id);
-    rc = tame_train_epochs(net, e->work, p, &rng, x, y, n, p->finetune_epochs);
+    rc = tame_train_epochs(net, e->work, p, &rng, x, y, n, e->labels, p->finetune_epochs);
     if (rc < 0) goto out;
     *ret_net = net;
     net = NULL;
@@ -237,6 +255,27 @@ static int new_buckets(const struct tame_reservoir *r, const int *y, int n, int 
         fresh += !tame_reservoir_has_bucket(r, y[i], tag);
     }
     return fresh;
+}
+
+/* Samples enter the buffers of the expert they are attributed to, and
+ * teach that expert's label set.  Room was reserved before the commit. */
+static void attribute(struct tame_learner *l, const float *x, const int *y, int n, int expert)
+{
+    const struct tame_params *p = &l->p;
+    struct tame_expert *e = l->experts[expert];
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * p->input_dim;
+        e->labels[y[i]] = 1;
+        int rc = tame_reservoir_offer(l->sel_buf, xi, y[i], expert, tame_rng_uniform(&l->rng));
+        TAME_ASSERT(rc == 0);
+        rc = tame_reservoir_offer(e->buf, xi, y[i], 0, tame_rng_uniform(&l->rng));
+        TAME_ASSERT(rc == 0);
+    }
+}
+
+static struct tame_pending *pending_at(struct tame_learner *l, int i)
+{
+    return &l->pending[(l->pend_head + i) % l->p.attribution_batches];
 }
 
 /* ---- the step ---- */
@@ -266,11 +305,16 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     const int n_old = l->n_experts;
     struct tame_expert *const *ex = l->experts;
 
-    /* 2. Score every expert (forward only, test-then-train). */
+    /* 2. Score every expert (forward only, test-then-train).  Each head's
+     * softmax covers the labels the expert knows plus those of B. */
     double loss[TAME_MAX_EXPERTS + 1];
+    uint8_t in_batch[NN_MAX_OUTPUTS] = {0}, head[NN_MAX_OUTPUTS];
+    int batch_labels = 0;
+    for (int i = 0; i < n; i++) batch_labels += !in_batch[y[i]], in_batch[y[i]] = 1;
     for (int k = 0; k < n_old; k++) {
+        for (int j = 0; j < p->classes; j++) head[j] = in_batch[j] | ex[k]->labels[j];
         nn_mlp_forward(ex[k]->net, ex[k]->work, x, n);
-        loss[k] = nn_head_loss(ex[k]->work, y, n, ex[k]->work->delta[0]);
+        loss[k] = nn_head_loss_masked(ex[k]->work, y, n, head, ex[k]->work->delta[0]);
         if (!isfinite(loss[k])) {
             l->nonfinite_batches++;
             return TAME_E_NONFINITE;
@@ -286,7 +330,11 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         struct tame_expert *ea = ex[a];
         s_all_a = ewma(ea->has_s_all, ea->s_all, loss[a], p->alpha);
         tau_a = window_line(ea, p->k_sigma, p->sigma_floor);
-        detect = ea->since_active >= (uint64_t)p->min_batches && s_all_a > tau_a;
+        /* The test runs once the expert has trained min_batches since it
+         * became active and its window holds min_batches losses of its own:
+         * a fresh expert cannot tell a shift from its own learning curve. */
+        detect = ea->since_active >= (uint64_t)p->min_batches && ea->win_len > p->min_batches &&
+                 s_all_a > tau_a;
     }
     if (detect) {
         int best = -1, best_any = -1;
@@ -316,8 +364,10 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     }
     if (born) {
         next = n_old;
+        /* Its reference starts from an uninformed guess among B's labels. */
+        born->window[0] = (float)log(batch_labels > 2 ? batch_labels : 2);
         nn_mlp_forward(born->net, born->work, x, n);
-        loss[n_old] = nn_head_loss(born->work, y, n, born->work->delta[0]);
+        loss[n_old] = nn_head_loss_masked(born->work, y, n, in_batch, born->work->delta[0]);
         if (!isfinite(loss[n_old])) {
             tame_expert_free(born);
             l->nonfinite_batches++;
@@ -328,12 +378,34 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         rc = expert_pruned_copy(l, ex[a], &pruned);
         if (rc < 0) goto fail;
     }
-    /* The buffers will take B under the expert that trains on it. */
-    struct tame_expert *target = born ? born : ex[next];
-    rc = tame_reservoir_reserve(l->sel_buf, new_buckets(l->sel_buf, y, n, next, p->classes));
-    if (rc < 0) goto fail;
-    rc = tame_reservoir_reserve(target->buf, new_buckets(target->buf, y, n, 0, p->classes));
-    if (rc < 0) goto fail;
+    /* The warning zone of the active expert: where its S_all left the
+     * warning line.  On a switch, held-back batches from that zone belong
+     * to the new expert, not to the one that happened to train on them. */
+    bool warning = false;
+    uint64_t warn_since = l->batches;
+    if (a >= 0) {
+        warning = s_all_a > window_line(ex[a], p->k_warn, p->sigma_floor);
+        if (warning && ex[a]->warning) warn_since = ex[a]->warn_since;
+    }
+    bool reattribute = detect && next != a;
+    /* This step hands one batch to the buffers: the oldest held-back one if
+     * the ring is full, or B itself without a ring.  Reserve its room. */
+    const int *give_y = NULL;
+    int give_n = 0, give_to = next;
+    if (p->attribution_batches == 0) {
+        give_y = y, give_n = n;
+    } else if (l->pend_len == p->attribution_batches) {
+        struct tame_pending *q = pending_at(l, 0);
+        give_y = q->y, give_n = q->n, give_to = q->expert;
+        if (reattribute && q->expert == a && q->batch >= warn_since) give_to = next;
+    }
+    if (give_n > 0) {
+        struct tame_expert *target = give_to == n_old ? born : ex[give_to];
+        rc = tame_reservoir_reserve(l->sel_buf, new_buckets(l->sel_buf, give_y, give_n, give_to, p->classes));
+        if (rc < 0) goto fail;
+        rc = tame_reservoir_reserve(target->buf, new_buckets(target->buf, give_y, give_n, 0, p->classes));
+        if (rc < 0) goto fail;
+    }
 
     /* Commit: from here on nothing fails. */
     for (int k = 0; k < n_old; k++) {
@@ -342,7 +414,16 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         e->s_all = ewma(e->has_s_all, e->s_all, loss[k], p->alpha);
         e->has_s_all = true;
     }
-    if (a >= 0) ex[a]->tau = tau_a;
+    if (a >= 0) {
+        ex[a]->tau = tau_a;
+        ex[a]->warn_since = warn_since;
+        ex[a]->warning = warning;
+    }
+    if (reattribute)
+        for (int i = 0; i < l->pend_len; i++) {
+            struct tame_pending *q = pending_at(l, i);
+            if (q->expert == a && q->batch >= warn_since) q->expert = next;
+        }
     if (born) {
         born->loss = born->s_all = loss[n_old];
         born->has_s_all = true;
@@ -371,7 +452,10 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
          * dropped again right after its minimum run (see README). */
         ex[next]->s_all = best_hyp;
     }
-    if (detect) ex[next]->since_active = 0;
+    if (detect) {
+        ex[next]->since_active = 0;
+        ex[next]->warning = false;
+    }
     if (pruned) {
         nn_mlp_free(ex[a]->net);
         ex[a]->net = pruned;
@@ -397,14 +481,23 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         e->has_s_act = true;
         e->batches_trained++;
         e->since_active++;
-        /* 7. Offer B to the buffers (room reserved before the commit). */
-        for (int i = 0; i < n; i++) {
-            const float *xi = x + (size_t)i * p->input_dim;
-            e->labels[y[i]] = 1;
-            rc = tame_reservoir_offer(l->sel_buf, xi, y[i], next, tame_rng_uniform(&l->rng));
-            TAME_ASSERT(rc == 0); /* reserved above */
-            rc = tame_reservoir_offer(e->buf, xi, y[i], 0, tame_rng_uniform(&l->rng));
-            TAME_ASSERT(rc == 0);
+        /* 7. Offer B to the buffers, after the attribution delay. */
+        if (p->attribution_batches == 0) {
+            attribute(l, x, y, n, next);
+        } else {
+            if (l->pend_len == p->attribution_batches) {
+                struct tame_pending *q = pending_at(l, 0);
+                attribute(l, q->x, q->y, q->n, q->expert);
+                l->pend_head = (l->pend_head + 1) % p->attribution_batches;
+                l->pend_len--;
+            }
+            struct tame_pending *q = pending_at(l, l->pend_len);
+            memcpy(q->x, x, (size_t)n * p->input_dim * sizeof(float));
+            memcpy(q->y, y, (size_t)n * sizeof(int));
+            q->n = n;
+            q->batch = l->batches;
+            q->expert = next;
+            l->pend_len++;
         }
         l->samples_trained += (uint64_t)n;
     }

@@ -24,11 +24,13 @@ void tame_params_default(struct tame_params *p, int input_dim, int classes)
         .selector_capacity = 5000,
         .expert_capacity = 500,
         .selector_epochs = 50,
+        .selector_lr = 0.01f,
         .selector_every = 1000,
         .expert_sparsity = 0.98f,
         .selector_sparsity = 0.5f,
         .finetune_epochs = 10,
         .max_experts = 32,
+        .attribution_batches = 8,
         .seed = 1,
     };
 }
@@ -61,10 +63,12 @@ int tame_params_validate(const struct tame_params *p, const char **ret_field)
     CHECK(p->expert_capacity >= 1 && p->expert_capacity <= (1 << 22), "expert_capacity");
     CHECK(p->selector_epochs >= 1 && p->selector_epochs <= 10000, "selector_epochs");
     CHECK(p->selector_every >= 1, "selector_every");
+    CHECK(isfinite(p->selector_lr) && p->selector_lr > 0 && p->selector_lr <= 10, "selector_lr");
     CHECK(isfinite(p->expert_sparsity) && p->expert_sparsity >= 0 && p->expert_sparsity < 1, "expert_sparsity");
     CHECK(isfinite(p->selector_sparsity) && p->selector_sparsity >= 0 && p->selector_sparsity < 1, "selector_sparsity");
     CHECK(p->finetune_epochs >= 0 && p->finetune_epochs <= 10000, "finetune_epochs");
     CHECK(p->max_experts >= 1 && p->max_experts <= TAME_MAX_EXPERTS, "max_experts");
+    CHECK(p->attribution_batches >= 0 && p->attribution_batches <= 64, "attribution_batches");
     return 0;
 }
 

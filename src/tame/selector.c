@@ -50,7 +50,10 @@ int tame_selector_job_new(const struct tame_learner *l, struct tame_selector_job
 
 int tame_selector_job_run(struct tame_selector_job *job)
 {
-    const struct tame_params *p = &job->p;
+    /* The selector trains with its own learning rate (plain softmax head). */
+    struct tame_params sp = job->p;
+    sp.lr = sp.selector_lr;
+    const struct tame_params *p = &sp;
     int dims[TAME_MAX_HIDDEN + 2];
     int n_dims = tame_dims(p, job->n_experts, dims);
     struct tame_rng rng;
@@ -59,14 +62,17 @@ int tame_selector_job_run(struct tame_selector_job *job)
     struct nn_work *work = NULL;
     int rc = nn_mlp_new(dims, n_dims, &rng, &net);
     if (rc < 0) goto fail;
+    /* No detector watches the selector, so it needs no bounded loss; the
+     * sigmoid head underfits it badly (README, "Head"). */
+    net->head = NN_HEAD_SOFTMAX;
     rc = nn_work_new(net, p->batch_size, &work);
     if (rc < 0) goto fail;
-    rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, p->selector_epochs);
+    rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, NULL, p->selector_epochs);
     if (rc < 0) goto fail;
     if (p->selector_sparsity > 0) {
         rc = nn_mlp_prune(net, p->selector_sparsity);
         if (rc < 0) goto fail;
-        rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, p->finetune_epochs);
+        rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, NULL, p->finetune_epochs);
         if (rc < 0) goto fail;
     }
     /* Accuracy on its own sample: how well it separates the experts. */

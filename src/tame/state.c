@@ -31,11 +31,13 @@ static void params_save(const struct tame_params *p, struct tame_wbuf *w)
     tame_wbuf_i32(w, p->selector_capacity);
     tame_wbuf_i32(w, p->expert_capacity);
     tame_wbuf_i32(w, p->selector_epochs);
+    tame_wbuf_f32(w, p->selector_lr);
     tame_wbuf_i32(w, p->selector_every);
     tame_wbuf_f32(w, p->expert_sparsity);
     tame_wbuf_f32(w, p->selector_sparsity);
     tame_wbuf_i32(w, p->finetune_epochs);
     tame_wbuf_i32(w, p->max_experts);
+    tame_wbuf_i32(w, p->attribution_batches);
     tame_wbuf_u64(w, p->seed);
 }
 
@@ -58,11 +60,13 @@ static void params_load(struct tame_rbuf *r, struct tame_params *p)
     p->selector_capacity = tame_rbuf_i32(r);
     p->expert_capacity = tame_rbuf_i32(r);
     p->selector_epochs = tame_rbuf_i32(r);
+    p->selector_lr = tame_rbuf_f32(r);
     p->selector_every = tame_rbuf_i32(r);
     p->expert_sparsity = tame_rbuf_f32(r);
     p->selector_sparsity = tame_rbuf_f32(r);
     p->finetune_epochs = tame_rbuf_i32(r);
     p->max_experts = tame_rbuf_i32(r);
+    p->attribution_batches = tame_rbuf_i32(r);
     p->seed = tame_rbuf_u64(r);
 }
 
@@ -126,7 +130,8 @@ void tame_learner_save(const struct tame_learner *l, struct tame_wbuf *w)
         tame_wbuf_i32(w, e->win_len);
         tame_wbuf_i32(w, e->win_pos);
         tame_wbuf_f32s(w, e->window, (size_t)e->win_len);
-        tame_wbuf_u8(w, (uint8_t)(e->has_s_all | e->has_s_act << 1 | e->pruned << 2));
+        tame_wbuf_u8(w, (uint8_t)(e->has_s_all | e->has_s_act << 1 | e->pruned << 2 | e->warning << 3));
+        tame_wbuf_u64(w, e->warn_since);
         tame_wbuf_f64(w, e->s_all);
         tame_wbuf_f64(w, e->s_act);
         tame_wbuf_f64(w, e->tau);
@@ -137,6 +142,15 @@ void tame_learner_save(const struct tame_learner *l, struct tame_wbuf *w)
         tame_reservoir_save(e->buf, w);
     }
     tame_reservoir_save(l->sel_buf, w);
+    tame_wbuf_i32(w, l->pend_len);
+    for (int i = 0; i < l->pend_len; i++) {
+        const struct tame_pending *q = &l->pending[(l->pend_head + i) % p->attribution_batches];
+        tame_wbuf_u64(w, q->batch);
+        tame_wbuf_i32(w, q->n);
+        tame_wbuf_i32(w, q->expert);
+        tame_wbuf_f32s(w, q->x, (size_t)q->n * p->input_dim);
+        for (int j = 0; j < q->n; j++) tame_wbuf_i32(w, q->y[j]);
+    }
     tame_wbuf_u8(w, l->selector != NULL);
     if (l->selector) nn_mlp_save(l->selector, w);
     tame_wbuf_i32(w, l->selector_experts);
@@ -180,6 +194,8 @@ static int expert_load(struct tame_rbuf *r, const struct tame_learner *l, int k,
     e->has_s_all = flags & 1;
     e->has_s_act = flags & 2;
     e->pruned = flags & 4;
+    e->warning = flags & 8;
+    e->warn_since = tame_rbuf_u64(r);
     e->s_all = tame_rbuf_f64(r);
     e->s_act = tame_rbuf_f64(r);
     e->tau = tame_rbuf_f64(r);
@@ -187,7 +203,7 @@ static int expert_load(struct tame_rbuf *r, const struct tame_learner *l, int k,
     e->batches_trained = tame_rbuf_u64(r);
     e->since_active = tame_rbuf_u64(r);
     tame_rbuf_bytes(r, e->labels, (size_t)p->classes);
-    if (r->err || flags > 7) goto corrupt;
+    if (r->err || flags > 15) goto corrupt;
     for (int j = 0; j < p->classes; j++)
         if (e->labels[j] > 1) goto corrupt;
     rc = tame_reservoir_load(r, &e->buf);
@@ -235,6 +251,23 @@ int tame_learner_load(struct tame_rbuf *r, struct tame_learner **ret)
     rc = tame_reservoir_load(r, &l->sel_buf);
     if (rc < 0) goto fail;
     if (l->sel_buf->capacity != p.selector_capacity || l->sel_buf->dim != p.input_dim) goto corrupt;
+    int pend_len = tame_rbuf_i32(r);
+    if (r->err || pend_len < 0 || pend_len > p.attribution_batches) goto corrupt;
+    for (int i = 0; i < pend_len; i++) {
+        struct tame_pending *q = &l->pending[i]; /* stored oldest first: head 0 */
+        q->batch = tame_rbuf_u64(r);
+        q->n = tame_rbuf_i32(r);
+        q->expert = tame_rbuf_i32(r);
+        if (r->err || q->n < 1 || q->n > p.batch_size || q->expert < 0 || q->expert >= l->n_experts ||
+            q->batch >= l->batches)
+            goto corrupt;
+        tame_rbuf_f32s(r, q->x, (size_t)q->n * p.input_dim);
+        for (int j = 0; j < q->n; j++) {
+            q->y[j] = tame_rbuf_i32(r);
+            if (q->y[j] < 0 || q->y[j] >= p.classes) goto corrupt;
+        }
+        l->pend_len = i + 1;
+    }
     uint8_t has_selector = tame_rbuf_u8(r);
     if (r->err || has_selector > 1) goto corrupt;
     if (has_selector) {

@@ -23,7 +23,19 @@ struct tame_expert {
     uint64_t since_active;       /* batches trained since it last became active */
     uint8_t *labels;             /* [classes] */
     bool pruned;
+    bool warning;                /* its S_all is above the warning line */
+    uint64_t warn_since;         /* batch where the current warning began */
     struct tame_reservoir *buf;  /* what it trained on (stratified by label) */
+};
+
+/* A trained batch waiting to enter the buffers (DESIGN 2.5 with the
+ * attribution delay of README "Buffers"). */
+struct tame_pending {
+    uint64_t batch;              /* its batch index */
+    int n;                       /* samples */
+    int expert;                  /* the expert it is attributed to */
+    float *x;                    /* [batch_size x input_dim], allocated once */
+    int *y;                      /* [batch_size] */
 };
 
 struct tame_learner {
@@ -37,6 +49,8 @@ struct tame_learner {
     int active;                  /* -1 until the first batch */
     struct tame_expert *experts[TAME_MAX_EXPERTS];
     struct tame_reservoir *sel_buf;
+    struct tame_pending *pending; /* ring of attribution_batches entries */
+    int pend_head, pend_len;      /* oldest entry; entries held */
     struct nn_mlp *selector;     /* NULL until the first one is installed */
     int selector_experts;        /* experts it was trained for */
     uint64_t selector_version;
@@ -51,9 +65,11 @@ struct tame_learner {
 int tame_dims(const struct tame_params *p, int n_out, int *dims);
 int tame_expert_new(const struct tame_learner *l, int id, struct tame_expert **ret);
 void tame_expert_free(struct tame_expert *e);
-/* Train `net` for `epochs` over (x, y) in shuffled batches of batch_size. */
+/* Train `net` for `epochs` over (x, y) in shuffled batches of batch_size,
+ * the head's softmax over `active` outputs (NULL = all). */
 int tame_train_epochs(struct nn_mlp *net, struct nn_work *work, const struct tame_params *p,
-                      struct tame_rng *rng, const float *x, const int *y, int n, int epochs);
+                      struct tame_rng *rng, const float *x, const int *y, int n,
+                      const uint8_t *active, int epochs);
 int tame_learner_record(struct tame_learner *l, const struct tame_event *ev);
 
 #endif

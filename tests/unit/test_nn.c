@@ -132,6 +132,40 @@ START_TEST(head_gradient_matches_finite_differences)
         double fd = (lp - lm) / (2 * eps);
         ck_assert_msg(fabs(fd - dz[i]) < 5e-4, "logit %d: %g vs %g", i, (double)dz[i], fd);
     }
+    /* The same with the softmax over a subset of outputs: inactive ones get
+     * probability zero and no gradient. */
+    const uint8_t active[5] = {1, 0, 1, 1, 1};
+    int ym[4] = {0, 4, 2, 3};
+    double masked = nn_head_loss_masked(w, ym, n, active, dz);
+    ck_assert_double_ge(masked, log(1 + 3 / M_E) - 1e-6);
+    ck_assert_double_le(masked, log(1 + 3 * M_E) + 1e-6);
+    for (int i = 0; i < 20; i++) {
+        float keep = z[i];
+        z[i] = keep + (float)eps;
+        double lp = nn_head_loss_masked(w, ym, n, active, NULL);
+        z[i] = keep - (float)eps;
+        double lm = nn_head_loss_masked(w, ym, n, active, NULL);
+        z[i] = keep;
+        double fd = (lp - lm) / (2 * eps);
+        ck_assert_msg(fabs(fd - dz[i]) < 5e-4, "masked logit %d: %g vs %g", i, (double)dz[i], fd);
+        if (i % 5 == 1) ck_assert_float_eq(dz[i], 0.0f);
+        if (i % 5 == 1) ck_assert_float_eq(w->prob[i], 0.0f);
+    }
+    /* The plain softmax head (the selector's): dL/dz = (p - onehot) / n. */
+    w->head = NN_HEAD_SOFTMAX;
+    nn_head_loss(w, y, n, dz);
+    for (int i = 0; i < 20; i++) {
+        float keep = z[i];
+        z[i] = keep + (float)eps;
+        double lp = nn_head_loss(w, y, n, NULL);
+        z[i] = keep - (float)eps;
+        double lm = nn_head_loss(w, y, n, NULL);
+        z[i] = keep;
+        double fd = (lp - lm) / (2 * eps);
+        ck_assert_msg(fabs(fd - dz[i]) < 5e-4, "softmax logit %d: %g vs %g", i, (double)dz[i], fd);
+    }
+    w->head = NN_HEAD_SIGMOID_SOFTMAX;
+    nn_head_loss(w, y, n, dz);
     /* Probabilities are softmax(sigmoid(z)) and sum to one. */
     for (int i = 0; i < n; i++) {
         double s = 0;
@@ -201,7 +235,7 @@ START_TEST(nonfinite_update_changes_nothing)
     float x[8] = {1, 2, NAN, 4, 1, 1, 1, 1};
     int y[2] = {0, 1};
     double loss = -1;
-    ck_assert_int_eq(nn_mlp_train_step(m, w, x, y, 2, &opt, &loss), TAME_E_NONFINITE);
+    ck_assert_int_eq(nn_mlp_train_step(m, w, x, y, 2, NULL, &opt, &loss), TAME_E_NONFINITE);
     ck_assert_double_eq(loss, -1);
     ck_assert_mem_eq(before, m->param, m->n_params * sizeof(float));
     free(before);
@@ -239,7 +273,7 @@ START_TEST(training_learns_separable_blobs)
     for (int step = 0; step < 300; step++) {
         blobs(&r, x, y, 32, 8, 4);
         double loss;
-        ck_assert_int_eq(nn_mlp_train_step(m, w, x, y, 32, &opt, &loss), 0);
+        ck_assert_int_eq(nn_mlp_train_step(m, w, x, y, 32, NULL, &opt, &loss), 0);
         if (step == 0) first = loss;
         last = loss;
     }
@@ -290,7 +324,7 @@ START_TEST(pruning_reaches_exact_sparsity_and_survives_training)
         ck_assert_uint_eq(zero_weights(m), m->n_weights - keep);
         for (int step = 0; step < 50; step++) {
             blobs(&r, x, y, 32, 8, 4);
-            ck_assert_int_eq(nn_mlp_train_step(m, w, x, y, 32, &opt, NULL), 0);
+            ck_assert_int_eq(nn_mlp_train_step(m, w, x, y, 32, NULL, &opt, NULL), 0);
         }
         /* Pruned weights are still exactly zero (and no more got pruned by
          * accident: kept weights that training moved are non-zero). */
