@@ -28,7 +28,8 @@ int tame_expert_new(const struct tame_learner *l, int id, struct tame_expert **r
     rc = TAME_E_NOMEM;
     e->window = tame_malloc((size_t)p->window * sizeof(float));
     e->labels = tame_calloc((size_t)p->classes, 1);
-    if (!e->window || !e->labels) goto fail;
+    e->label_count = tame_calloc((size_t)p->classes, sizeof(uint64_t));
+    if (!e->window || !e->labels || !e->label_count) goto fail;
     /* The window starts from ln(C), the loss of an uninformed guess. */
     e->window[0] = (float)log((double)p->classes);
     e->win_len = 1;
@@ -48,6 +49,7 @@ void tame_expert_free(struct tame_expert *e)
     tame_reservoir_free(e->buf);
     tame_free(e->window);
     tame_free(e->labels);
+    tame_free(e->label_count);
     tame_free(e);
 }
 
@@ -177,9 +179,16 @@ static struct tame_event event_with_losses(const struct tame_learner *l, enum ta
 
 /* ---- training helpers ---- */
 
+int tame_batch_labels(const int *y, int n, uint8_t *present)
+{
+    int distinct = 0;
+    for (int i = 0; i < n; i++) distinct += !present[y[i]], present[y[i]] = 1;
+    return distinct;
+}
+
 int tame_train_epochs(struct nn_mlp *net, struct nn_work *work, const struct tame_params *p,
-                      struct tame_rng *rng, const float *x, const int *y, int n,
-                      const uint8_t *active, int epochs)
+                      struct tame_rng *rng, const float *x, const int *y, int n, bool batch_head,
+                      int epochs)
 {
     if (n < 1 || epochs < 1) return 0;
     int bs = work->max_batch;
@@ -200,8 +209,10 @@ int tame_train_epochs(struct nn_mlp *net, struct nn_work *work, const struct tam
                        (size_t)p->input_dim * sizeof(float));
                 by[i] = y[s];
             }
+            uint8_t head[NN_MAX_OUTPUTS] = {0};
+            if (batch_head) tame_batch_labels(by, m, head);
             /* A refused (non-finite) update just leaves the weights as they were. */
-            (void)nn_mlp_train_step(net, work, bx, by, m, active, &opt, NULL);
+            (void)nn_mlp_train_step(net, work, bx, by, m, batch_head ? head : NULL, &opt, NULL);
         }
     }
     rc = 0;
@@ -232,7 +243,7 @@ static int expert_pruned_copy(const struct tame_learner *l, struct tame_expert *
     tame_reservoir_copy(e->buf, x, y, NULL);
     struct tame_rng rng;
     tame_rng_seed2(&rng, p->seed, 0x100000000ULL + l->batches * TAME_MAX_EXPERTS + (uint64_t)e->id);
-    rc = tame_train_epochs(net, e->work, p, &rng, x, y, n, e->labels, p->finetune_epochs);
+    rc = tame_train_epochs(net, e->work, p, &rng, x, y, n, true, p->finetune_epochs);
     if (rc < 0) goto out;
     *ret_net = net;
     net = NULL;
@@ -265,12 +276,24 @@ static void attribute(struct tame_learner *l, const float *x, const int *y, int 
     struct tame_expert *e = l->experts[expert];
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * p->input_dim;
-        e->labels[y[i]] = 1;
+        e->label_count[y[i]]++;
         int rc = tame_reservoir_offer(l->sel_buf, xi, y[i], expert, tame_rng_uniform(&l->rng));
         TAME_ASSERT(rc == 0);
         rc = tame_reservoir_offer(e->buf, xi, y[i], 0, tame_rng_uniform(&l->rng));
         TAME_ASSERT(rc == 0);
     }
+    tame_expert_update_labels(e, p->classes);
+}
+
+void tame_expert_update_labels(struct tame_expert *e, int classes)
+{
+    /* A label belongs to an expert once it is at least 1% of what the
+     * expert trained on: the few samples of the previous task in a batch
+     * that straddles a boundary must not widen its predictions. */
+    uint64_t total = 0;
+    for (int j = 0; j < classes; j++) total += e->label_count[j];
+    for (int j = 0; j < classes; j++)
+        e->labels[j] = e->label_count[j] > 0 && e->label_count[j] * 100 >= total;
 }
 
 static struct tame_pending *pending_at(struct tame_learner *l, int i)
@@ -305,16 +328,14 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     const int n_old = l->n_experts;
     struct tame_expert *const *ex = l->experts;
 
-    /* 2. Score every expert (forward only, test-then-train).  Each head's
-     * softmax covers the labels the expert knows plus those of B. */
+    /* 2. Score every expert (forward only, test-then-train).  The head's
+     * softmax covers the labels present in B (README, "Head"). */
     double loss[TAME_MAX_EXPERTS + 1];
-    uint8_t in_batch[NN_MAX_OUTPUTS] = {0}, head[NN_MAX_OUTPUTS];
-    int batch_labels = 0;
-    for (int i = 0; i < n; i++) batch_labels += !in_batch[y[i]], in_batch[y[i]] = 1;
+    uint8_t in_batch[NN_MAX_OUTPUTS] = {0};
+    int batch_labels = tame_batch_labels(y, n, in_batch);
     for (int k = 0; k < n_old; k++) {
-        for (int j = 0; j < p->classes; j++) head[j] = in_batch[j] | ex[k]->labels[j];
         nn_mlp_forward(ex[k]->net, ex[k]->work, x, n);
-        loss[k] = nn_head_loss_masked(ex[k]->work, y, n, head, ex[k]->work->delta[0]);
+        loss[k] = nn_head_loss_masked(ex[k]->work, y, n, in_batch, ex[k]->work->delta[0]);
         if (!isfinite(loss[k])) {
             l->nonfinite_batches++;
             return TAME_E_NONFINITE;
@@ -333,19 +354,27 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         /* The test runs once the expert has trained min_batches since it
          * became active and its window holds min_batches losses of its own:
          * a fresh expert cannot tell a shift from its own learning curve. */
-        detect = ea->since_active >= (uint64_t)p->min_batches && ea->win_len > p->min_batches &&
-                 s_all_a > tau_a;
+        detect = !ea->probation && ea->since_active >= (uint64_t)p->min_batches &&
+                 ea->win_len > p->min_batches && s_all_a > tau_a;
     }
+    /* Reuse candidates: S_hyp_k = alpha*L_k + (1-alpha)*S_act_k below tau_k. */
+    int best = -1, best_any = -1;
+    double best_any_hyp = INFINITY;
+    for (int k = 0; k < n_old && a >= 0; k++) {
+        if (k == a) continue;
+        const struct tame_expert *e = ex[k];
+        double hyp = e->has_s_act ? p->alpha * loss[k] + (1.0 - p->alpha) * e->s_act : loss[k];
+        if (hyp < best_any_hyp) best_any_hyp = hyp, best_any = k;
+        if (hyp < e->tau && hyp < best_hyp) best_hyp = hyp, best = k;
+    }
+    /* Probation: a batch that straddles a boundary is a poor witness for
+     * the reuse test, so a freshly spawned expert keeps asking it on the
+     * clean batches that follow.  If an older expert qualifies before any
+     * of the newcomer's batches reached the buffers, the newcomer is
+     * retired and its batches go to the expert that owns the task. */
+    bool retire = a >= 0 && ex[a]->probation && best >= 0;
+    if (retire) next = best;
     if (detect) {
-        int best = -1, best_any = -1;
-        double best_any_hyp = INFINITY;
-        for (int k = 0; k < n_old; k++) {
-            if (k == a) continue;
-            const struct tame_expert *e = ex[k];
-            double hyp = e->has_s_act ? p->alpha * loss[k] + (1.0 - p->alpha) * e->s_act : loss[k];
-            if (hyp < best_any_hyp) best_any_hyp = hyp, best_any = k;
-            if (hyp < e->tau && hyp < best_hyp) best_hyp = hyp, best = k;
-        }
         if (best >= 0) {
             next = best;
         } else if (n_old < p->max_experts) {
@@ -387,7 +416,8 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         warning = s_all_a > window_line(ex[a], p->k_warn, p->sigma_floor);
         if (warning && ex[a]->warning) warn_since = ex[a]->warn_since;
     }
-    bool reattribute = detect && next != a;
+    bool reattribute = (detect || retire) && next != a;
+    uint64_t reattribute_from = retire ? 0 : warn_since;
     /* This step hands one batch to the buffers: the oldest held-back one if
      * the ring is full, or B itself without a ring.  Reserve its room. */
     const int *give_y = NULL;
@@ -397,7 +427,7 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     } else if (l->pend_len == p->attribution_batches) {
         struct tame_pending *q = pending_at(l, 0);
         give_y = q->y, give_n = q->n, give_to = q->expert;
-        if (reattribute && q->expert == a && q->batch >= warn_since) give_to = next;
+        if (reattribute && q->expert == a && q->batch >= reattribute_from) give_to = next;
     }
     if (give_n > 0) {
         struct tame_expert *target = give_to == n_old ? born : ex[give_to];
@@ -422,11 +452,12 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     if (reattribute)
         for (int i = 0; i < l->pend_len; i++) {
             struct tame_pending *q = pending_at(l, i);
-            if (q->expert == a && q->batch >= warn_since) q->expert = next;
+            if (q->expert == a && q->batch >= reattribute_from) q->expert = next;
         }
     if (born) {
         born->loss = born->s_all = loss[n_old];
         born->has_s_all = true;
+        born->probation = n_old > 0 && p->attribution_batches > 0;
         l->experts[n_old] = born;
         l->n_experts++;
     }
@@ -439,22 +470,30 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     if (born) {
         struct tame_event ev = event_with_losses(l, TAME_EV_SPAWN, a, next);
         tame_learner_record(l, &ev);
-    } else if (detect && next != a) {
+    } else if ((detect || retire) && next != a) {
         struct tame_event ev = event_with_losses(l, TAME_EV_REUSE, a, next);
         ev.stat = best_hyp;
         ev.threshold = ex[next]->tau;
         tame_learner_record(l, &ev);
     }
-    if (detect && next != a && !born) {
+    if ((detect || retire) && next != a && !born) {
         /* A reused expert's S_all has been tracking data it does not own
          * while inactive; restart it from the statistic that made it
          * qualify, or it would look "shifted" for ~20 batches and be
          * dropped again right after its minimum run (see README). */
         ex[next]->s_all = best_hyp;
     }
-    if (detect) {
+    if (detect || retire) {
         ex[next]->since_active = 0;
         ex[next]->warning = false;
+    }
+    if (retire) {
+        /* The newcomer is the last expert and nothing of it reached the
+         * buffers: removing it leaves no trace but its events. */
+        TAME_ASSERT(a == l->n_experts - 1);
+        tame_expert_free(ex[a]);
+        l->experts[a] = NULL;
+        l->n_experts--;
     }
     if (pruned) {
         nn_mlp_free(ex[a]->net);
@@ -481,6 +520,7 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         e->has_s_act = true;
         e->batches_trained++;
         e->since_active++;
+        if (e->since_active >= (uint64_t)p->attribution_batches) e->probation = false;
         /* 7. Offer B to the buffers, after the attribution delay. */
         if (p->attribution_batches == 0) {
             attribute(l, x, y, n, next);

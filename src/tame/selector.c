@@ -67,12 +67,12 @@ int tame_selector_job_run(struct tame_selector_job *job)
     net->head = NN_HEAD_SOFTMAX;
     rc = nn_work_new(net, p->batch_size, &work);
     if (rc < 0) goto fail;
-    rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, NULL, p->selector_epochs);
+    rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, false, p->selector_epochs);
     if (rc < 0) goto fail;
     if (p->selector_sparsity > 0) {
         rc = nn_mlp_prune(net, p->selector_sparsity);
         if (rc < 0) goto fail;
-        rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, NULL, p->finetune_epochs);
+        rc = tame_train_epochs(net, work, p, &rng, job->x, job->tag, job->n, false, p->finetune_epochs);
         if (rc < 0) goto fail;
     }
     /* Accuracy on its own sample: how well it separates the experts. */

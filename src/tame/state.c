@@ -130,7 +130,8 @@ void tame_learner_save(const struct tame_learner *l, struct tame_wbuf *w)
         tame_wbuf_i32(w, e->win_len);
         tame_wbuf_i32(w, e->win_pos);
         tame_wbuf_f32s(w, e->window, (size_t)e->win_len);
-        tame_wbuf_u8(w, (uint8_t)(e->has_s_all | e->has_s_act << 1 | e->pruned << 2 | e->warning << 3));
+        tame_wbuf_u8(w, (uint8_t)(e->has_s_all | e->has_s_act << 1 | e->pruned << 2 | e->warning << 3 |
+                                  e->probation << 4));
         tame_wbuf_u64(w, e->warn_since);
         tame_wbuf_f64(w, e->s_all);
         tame_wbuf_f64(w, e->s_act);
@@ -138,7 +139,7 @@ void tame_learner_save(const struct tame_learner *l, struct tame_wbuf *w)
         tame_wbuf_f64(w, e->loss);
         tame_wbuf_u64(w, e->batches_trained);
         tame_wbuf_u64(w, e->since_active);
-        tame_wbuf_bytes(w, e->labels, (size_t)p->classes);
+        for (int j = 0; j < p->classes; j++) tame_wbuf_u64(w, e->label_count[j]);
         tame_reservoir_save(e->buf, w);
     }
     tame_reservoir_save(l->sel_buf, w);
@@ -195,6 +196,7 @@ static int expert_load(struct tame_rbuf *r, const struct tame_learner *l, int k,
     e->has_s_act = flags & 2;
     e->pruned = flags & 4;
     e->warning = flags & 8;
+    e->probation = flags & 16;
     e->warn_since = tame_rbuf_u64(r);
     e->s_all = tame_rbuf_f64(r);
     e->s_act = tame_rbuf_f64(r);
@@ -202,10 +204,9 @@ static int expert_load(struct tame_rbuf *r, const struct tame_learner *l, int k,
     e->loss = tame_rbuf_f64(r);
     e->batches_trained = tame_rbuf_u64(r);
     e->since_active = tame_rbuf_u64(r);
-    tame_rbuf_bytes(r, e->labels, (size_t)p->classes);
-    if (r->err || flags > 15) goto corrupt;
-    for (int j = 0; j < p->classes; j++)
-        if (e->labels[j] > 1) goto corrupt;
+    for (int j = 0; j < p->classes; j++) e->label_count[j] = tame_rbuf_u64(r);
+    if (r->err || flags > 31) goto corrupt;
+    tame_expert_update_labels(e, p->classes);
     rc = tame_reservoir_load(r, &e->buf);
     if (rc < 0) goto fail;
     if (e->buf->capacity != p->expert_capacity || e->buf->dim != p->input_dim) goto corrupt;

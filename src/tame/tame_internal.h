@@ -21,9 +21,11 @@ struct tame_expert {
     double loss;                 /* loss on the last batch scored */
     uint64_t batches_trained;
     uint64_t since_active;       /* batches trained since it last became active */
-    uint8_t *labels;             /* [classes] */
+    uint64_t *label_count;       /* [classes] samples attributed to it per label */
+    uint8_t *labels;             /* [classes] 1 = a label it predicts (>= 1% of its samples) */
     bool pruned;
     bool warning;                /* its S_all is above the warning line */
+    bool probation;              /* newly spawned; may still be retired for a reuse */
     uint64_t warn_since;         /* batch where the current warning began */
     struct tame_reservoir *buf;  /* what it trained on (stratified by label) */
 };
@@ -66,10 +68,13 @@ int tame_dims(const struct tame_params *p, int n_out, int *dims);
 int tame_expert_new(const struct tame_learner *l, int id, struct tame_expert **ret);
 void tame_expert_free(struct tame_expert *e);
 /* Train `net` for `epochs` over (x, y) in shuffled batches of batch_size,
- * the head's softmax over `active` outputs (NULL = all). */
+ * the head's softmax over each batch's labels (batch_head) or all outputs. */
 int tame_train_epochs(struct nn_mlp *net, struct nn_work *work, const struct tame_params *p,
-                      struct tame_rng *rng, const float *x, const int *y, int n,
-                      const uint8_t *active, int epochs);
+                      struct tame_rng *rng, const float *x, const int *y, int n, bool batch_head,
+                      int epochs);
+/* Mark the labels of y[0..n) in present[]; returns how many are new. */
+int tame_batch_labels(const int *y, int n, uint8_t *present);
+void tame_expert_update_labels(struct tame_expert *e, int classes);
 int tame_learner_record(struct tame_learner *l, const struct tame_event *ev);
 
 #endif

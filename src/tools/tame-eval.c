@@ -75,6 +75,8 @@ struct event_rec {
     enum tame_event_kind kind;
     int from, to;
     double stat, threshold;
+    int n_losses;
+    float losses[TAME_MAX_EXPERTS];
 };
 
 struct report {
@@ -129,8 +131,10 @@ static void collect_events(struct system *sys, struct report *rep)
                 rep->ev = realloc(rep->ev, rep->cap_ev * sizeof(*rep->ev));
                 if (!rep->ev) die("out of memory");
             }
-            rep->ev[rep->n_ev++] = (struct event_rec){ev[k].batch, ev[k].kind, ev[k].from, ev[k].to,
-                                                      ev[k].stat, ev[k].threshold};
+            struct event_rec *e = &rep->ev[rep->n_ev++];
+            *e = (struct event_rec){ev[k].batch, ev[k].kind, ev[k].from, ev[k].to, ev[k].stat,
+                                    ev[k].threshold, ev[k].n_losses, {0}};
+            memcpy(e->losses, ev[k].losses, sizeof(float) * (size_t)ev[k].n_losses);
         }
         tame_free(ev);
     }
@@ -555,6 +559,14 @@ static void write_json(FILE *f, const struct options *o, const struct report *r)
         json_num(f, e->stat);
         fputs(", \"threshold\": ", f);
         json_num(f, e->threshold);
+        if (e->n_losses > 0) {
+            fputs(", \"losses\": [", f);
+            for (int j = 0; j < e->n_losses; j++) {
+                fputs(j ? ", " : "", f);
+                json_num(f, e->losses[j]);
+            }
+            fputc(']', f);
+        }
         fputc('}', f);
     }
     fputs("\n  ],\n  \"boundary_delays\": [", f);
