@@ -94,6 +94,11 @@ struct tame_learner;
 int tame_learner_new(const struct tame_params *params, struct tame_learner **ret);
 void tame_learner_free(struct tame_learner *l);
 const struct tame_params *tame_learner_params(const struct tame_learner *l);
+/* Threads a step may use (1 or 2; more counts as 2).  With 2, a helper
+ * thread scores the inactive experts while the caller's thread handles the
+ * active one; results are bit-identical to 1 thread.  Not part of the saved
+ * state.  TAME_E_RANGE for < 1, TAME_E_NOMEM if the thread cannot start. */
+int tame_learner_set_threads(struct tame_learner *l, int threads);
 
 /* One step of DESIGN 2.4 on a batch of n (1..batch_size) samples, x row-major
  * [n x input_dim], y in [0, classes).  Returns 0 on success;

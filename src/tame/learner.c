@@ -126,7 +126,19 @@ void tame_learner_free(struct tame_learner *l)
     tame_free(l->pending);
     nn_mlp_free(l->selector);
     tame_free(l->events);
+    tame_helper_free(l->helper);
     tame_free(l);
+}
+
+int tame_learner_set_threads(struct tame_learner *l, int threads)
+{
+    if (threads < 1) return TAME_E_RANGE;
+    if (threads >= 2 && !l->helper) return tame_helper_new(&l->helper);
+    if (threads == 1) {
+        tame_helper_free(l->helper);
+        l->helper = NULL;
+    }
+    return 0;
 }
 
 const struct tame_params *tame_learner_params(const struct tame_learner *l) { return &l->p; }
@@ -333,14 +345,31 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     double loss[TAME_MAX_EXPERTS + 1];
     uint8_t in_batch[NN_MAX_OUTPUTS] = {0};
     int batch_labels = tame_batch_labels(y, n, in_batch);
-    for (int k = 0; k < n_old; k++) {
-        nn_mlp_forward(ex[k]->net, ex[k]->work, x, n);
-        loss[k] = nn_head_loss_masked(ex[k]->work, y, n, in_batch, ex[k]->work->delta[0]);
+    struct tame_helper_job job = {.experts = ex, .x = x, .y = y, .n = n, .head = in_batch,
+                                  .from = 0, .to = n_old, .skip = -1, .loss = loss};
+    bool speculated = false; /* active expert's gradient already computed */
+    if (l->helper && n_old >= 2) {
+        /* The helper scores the others while this thread scores the active
+         * expert and back-propagates through it. */
+        int a0 = l->active;
+        job.skip = a0;
+        tame_helper_post(l->helper, &job);
+        struct tame_helper_job mine = job;
+        mine.from = a0, mine.to = a0 + 1, mine.skip = -1;
+        tame_score_experts(&mine);
+        if (isfinite(loss[a0])) {
+            nn_mlp_backward(ex[a0]->net, ex[a0]->work, x, n, ex[a0]->work->delta[0]);
+            speculated = true;
+        }
+        tame_helper_wait(l->helper);
+    } else {
+        tame_score_experts(&job);
+    }
+    for (int k = 0; k < n_old; k++)
         if (!isfinite(loss[k])) {
             l->nonfinite_batches++;
             return TAME_E_NONFINITE;
         }
-    }
 
     /* 3-4. Threshold and shift test of the active expert, decided before
      * anything changes. */
@@ -508,7 +537,7 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     /* 5. Train the active expert one step on B, reusing its forward pass. */
     struct tame_expert *e = l->experts[next];
     double la = e->loss;
-    nn_mlp_backward(e->net, e->work, x, n, e->work->delta[0]);
+    if (!(speculated && next == a)) nn_mlp_backward(e->net, e->work, x, n, e->work->delta[0]);
     struct nn_sgd opt = {.lr = p->lr, .momentum = p->momentum, .weight_decay = p->weight_decay};
     if (nn_sgd_step(e->net, &opt) < 0) {
         l->nonfinite_updates++;

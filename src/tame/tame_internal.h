@@ -40,6 +40,23 @@ struct tame_pending {
     int *y;                      /* [batch_size] */
 };
 
+/* Scoring work: experts [from, to) except `skip` score (x, y) into loss[]. */
+struct tame_helper_job {
+    struct tame_expert *const *experts;
+    const float *x;
+    const int *y;
+    int n;
+    const uint8_t *head;
+    int from, to, skip;
+    double *loss;
+};
+struct tame_helper;
+int tame_helper_new(struct tame_helper **ret);
+void tame_helper_free(struct tame_helper *h);
+void tame_helper_post(struct tame_helper *h, const struct tame_helper_job *job);
+void tame_helper_wait(struct tame_helper *h);
+void tame_score_experts(const struct tame_helper_job *job);
+
 struct tame_learner {
     struct tame_params p;
     struct tame_rng rng;         /* reservoir keys */
@@ -60,6 +77,7 @@ struct tame_learner {
     struct tame_event *events;   /* pending, not yet taken */
     size_t n_events, events_cap;
     uint64_t next_event_seq;
+    struct tame_helper *helper;  /* second scoring thread, or NULL; not saved */
 };
 
 /* The layer sizes of experts (outputs = classes) or the selector

@@ -31,6 +31,7 @@ struct options {
     bool bench;
     bool quiet;
     int test_limit;
+    int threads;
     struct tame_params p; /* overrides on top of the defaults */
 };
 
@@ -46,7 +47,8 @@ struct system {
     uint64_t trained[TAME_MAX_EXPERTS][MAX_TASKS]; /* samples per (expert, true task) */
 };
 
-static int system_init(struct system *sys, enum baseline kind, const struct tame_params *p, int tasks)
+static int system_init(struct system *sys, enum baseline kind, const struct tame_params *p, int tasks,
+                       int threads)
 {
     memset(sys, 0, sizeof(*sys));
     sys->kind = kind;
@@ -58,6 +60,8 @@ static int system_init(struct system *sys, enum baseline kind, const struct tame
     sys->n = kind == BASE_ORACLE ? tasks : 1;
     for (int i = 0; i < sys->n; i++) {
         int rc = tame_learner_new(&q, &sys->l[i]);
+        if (rc < 0) return rc;
+        rc = tame_learner_set_threads(sys->l[i], threads);
         if (rc < 0) return rc;
     }
     return 0;
@@ -327,7 +331,7 @@ static void run(const struct options *o, const struct idx_set *train, const stru
     struct test_set ts[MAX_TASKS] = {{0}};
     build_tests(&s, test, o->test_limit, ts);
     struct system sys;
-    check(system_init(&sys, o->baseline, &p, s.spec.tasks), "learner");
+    check(system_init(&sys, o->baseline, &p, s.spec.tasks, o->threads), "learner");
 
     const int bs = p.batch_size, dim = train->dim;
     float *bx = malloc((size_t)bs * dim * sizeof(float));
@@ -629,8 +633,8 @@ static void write_json(FILE *f, const struct options *o, const struct report *r)
     json_num(f, r->flops / r->train_seconds / 1e9);
     fputs(", \"sgemm_gflops\": ", f);
     json_num(f, o->bench ? r->gemm_gflops : NAN);
-    fprintf(f, ", \"nonfinite_batches\": %llu, \"peak_rss_bytes\": %ld\n}\n",
-            (unsigned long long)r->nonfinite, r->peak_rss);
+    fprintf(f, ", \"threads\": %d, \"nonfinite_batches\": %llu, \"peak_rss_bytes\": %ld\n}\n",
+            o->threads, (unsigned long long)r->nonfinite, r->peak_rss);
 }
 
 static void print_table(const struct options *o, const struct report *r)
@@ -697,6 +701,8 @@ static void usage(FILE *f)
             "  --batch N --hidden W,W --lr X --k-sigma X --k-warn X --min-batches N\n"
             "  --window N --alpha X --selector-epochs N --selector-lr X --expert-sparsity X\n"
             "  --selector-sparsity X --finetune-epochs N   model hyper-parameters\n"
+            "  --threads N         1 or 2 threads per learner step (default 2; results are\n"
+            "                      identical either way)\n"
             "  --quiet             no progress lines on stderr\n");
 }
 
@@ -736,7 +742,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     enum {
         O_DATA = 256, O_STREAM, O_TASKS, O_SEQ, O_EPOCHS, O_LABELS, O_SEED, O_BASE, O_MATRIX, O_BENCH,
         O_JSON, O_TRAIN_LIMIT, O_TEST_LIMIT, O_BATCH, O_HIDDEN, O_LR, O_KSIG, O_KWARN, O_MINB, O_WINDOW,
-        O_ALPHA, O_SELEP, O_SELLR, O_ESPARSE, O_SSPARSE, O_FTEP, O_QUIET, O_HELP
+        O_ALPHA, O_SELEP, O_SELLR, O_ESPARSE, O_SSPARSE, O_FTEP, O_QUIET, O_THREADS, O_HELP
     };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"stream", 1, 0, O_STREAM}, {"tasks", 1, 0, O_TASKS},
@@ -748,12 +754,13 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"min-batches", 1, 0, O_MINB}, {"window", 1, 0, O_WINDOW}, {"alpha", 1, 0, O_ALPHA},
         {"selector-epochs", 1, 0, O_SELEP}, {"selector-lr", 1, 0, O_SELLR}, {"expert-sparsity", 1, 0, O_ESPARSE},
         {"selector-sparsity", 1, 0, O_SSPARSE}, {"finetune-epochs", 1, 0, O_FTEP},
-        {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"quiet", 0, 0, O_QUIET}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->data = DEFAULT_DATA;
     o->spec.kind = STREAM_SPLIT;
     o->spec.epochs = 10;
     o->spec.seed = 1;
+    o->threads = 2;
     int tasks = 0, seq[64], n_seq = 0;
     tame_params_default(&o->p, 1, 2);
     int c;
@@ -801,6 +808,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         case O_SSPARSE: o->p.selector_sparsity = parse_float(optarg, "--selector-sparsity"); break;
         case O_FTEP: o->p.finetune_epochs = (int)parse_long(optarg, "--finetune-epochs", 0, 10000); break;
         case O_QUIET: o->quiet = true; break;
+        case O_THREADS: o->threads = (int)parse_long(optarg, "--threads", 1, 2); break;
         case 'h':
         case O_HELP: usage(stdout); exit(0);
         default: usage(stderr); exit(2);

@@ -360,6 +360,43 @@ START_TEST(save_load_continue_equals_never_saving)
 }
 END_TEST
 
+START_TEST(two_threads_give_bit_identical_results)
+{
+    struct tame_params p = test_params(6);
+    struct tame_learner *one, *two;
+    ck_assert_int_eq(tame_learner_new(&p, &one), 0);
+    ck_assert_int_eq(tame_learner_new(&p, &two), 0);
+    ck_assert_int_eq(tame_learner_set_threads(two, 2), 0);
+    ck_assert_int_eq(tame_learner_set_threads(two, 0), TAME_E_RANGE);
+    struct tame_rng r1, r2;
+    tame_rng_seed(&r1, 500);
+    tame_rng_seed(&r2, 500);
+    struct run run1 = {0}, run2 = {0};
+    stream_part(one, &r1, 0, 1200, &run1);
+    stream_part(two, &r2, 0, 1200, &run2);
+    ck_assert_int_eq(tame_learner_train_selector(one), 0);
+    ck_assert_int_eq(tame_learner_train_selector(two), 0);
+    run_collect(one, &run1);
+    run_collect(two, &run2);
+    ck_assert_int_ge(count_kind(&run1, TAME_EV_DETECT), 3);
+    events_equal(&run1, &run2);
+    predictions_equal(one, two);
+    struct tame_wbuf w1, w2;
+    tame_wbuf_init(&w1);
+    tame_wbuf_init(&w2);
+    tame_learner_save(one, &w1);
+    tame_learner_save(two, &w2);
+    ck_assert_uint_eq(w1.len, w2.len);
+    ck_assert_mem_eq(w1.data, w2.data, w1.len);
+    tame_wbuf_done(&w1);
+    tame_wbuf_done(&w2);
+    free(run1.ev);
+    free(run2.ev);
+    tame_learner_free(one);
+    tame_learner_free(two);
+}
+END_TEST
+
 START_TEST(corrupt_state_is_refused)
 {
     struct tame_params p = test_params(7);
@@ -603,6 +640,7 @@ int main(void)
     tcase_add_test(tc, recurring_task_reuses_its_expert_and_new_task_spawns);
     tcase_add_test(tc, three_task_stream_three_experts_and_routing_over_95_percent);
     tcase_add_test(tc, save_load_continue_equals_never_saving);
+    tcase_add_test(tc, two_threads_give_bit_identical_results);
     tcase_add_test(tc, corrupt_state_is_refused);
     tcase_add_test(tc, same_seed_same_events_other_seed_other_weights);
     tcase_add_test(tc, bad_and_nonfinite_batches_change_nothing);
