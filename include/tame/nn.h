@@ -21,7 +21,7 @@
 
 /* The output head that turns logits into probabilities and a loss. */
 enum nn_head {
-    NN_HEAD_SIGMOID_SOFTMAX = 0, /* softmax(sigmoid(z)): bounded loss, for experts */
+    NN_HEAD_SIGMOID_SOFTMAX = 0, /* softmax(b*sigmoid(z)): bounded loss, for experts */
     NN_HEAD_SOFTMAX = 1,         /* softmax(z): plain cross-entropy, for the selector */
 };
 
@@ -35,6 +35,7 @@ struct nn_layer {
 struct nn_mlp {
     int n_layers;                       /* >= 1 */
     enum nn_head head;                  /* default NN_HEAD_SIGMOID_SOFTMAX */
+    float head_scale;                   /* b in softmax(b * sigmoid(z)), default 1 */
     struct nn_layer layer[NN_MAX_LAYERS];
     size_t n_params;                    /* weights + biases */
     size_t n_weights;                   /* weights only (what pruning ranks) */
@@ -67,6 +68,7 @@ size_t nn_mlp_nonzero(const struct nn_mlp *mlp);
 struct nn_work {
     int max_batch;
     enum nn_head head;          /* copied from the network it was made for */
+    float head_scale;
     int n_layers;
     int width[NN_MAX_LAYERS];   /* outputs of each layer */
     float *act[NN_MAX_LAYERS];  /* [max_batch x width[l]]: post-ReLU, last = logits */

@@ -33,13 +33,14 @@ struct tame_params {
     int n_hidden;            /* hidden layers of experts and selector */
     int hidden[TAME_MAX_HIDDEN]; /* their widths, default {100, 100} */
     int batch_size;          /* samples per step, default 128 */
+    float head_scale;        /* b in the experts' head softmax(b*sigmoid(z)), 3 */
     float lr;                /* SGD learning rate, 0.1 */
     float momentum;          /* 0.9 */
     float weight_decay;      /* 5e-4 */
     int window;              /* detector window of raw losses, 100 */
     float alpha;             /* EWMA smoothing, 0.2 */
     float k_sigma;           /* threshold = mean + k_sigma * max(sd, floor), 3 */
-    float sigma_floor;       /* 0.005 */
+    float sigma_floor;       /* 0.015 (0.005 per unit of head_scale) */
     float k_warn;            /* losses enter the window only below mean + k_warn*sd, 1 */
     int min_batches;         /* trained batches before the shift test runs, 10 */
     int selector_capacity;   /* selector buffer size, 5000 */

@@ -1,7 +1,10 @@
-/* head.c: the output head of DESIGN 2.2.  s = sigmoid(z), p = softmax(s),
- * loss = -log p[y].  Squashing the logits first bounds the loss to
- * [ln(1+(C-1)/e), ln(1+(C-1)e)], which keeps the detector calm early on.
- * dL/dz = (p - onehot(y)) * s * (1 - s).
+/* head.c: the output head of DESIGN 2.2, with a scale b (head_scale):
+ * s = b * sigmoid(z), p = softmax(s), loss = -log p[y].  Squashing the
+ * logits first bounds the loss to [ln(1+(C-1)e^-b), ln(1+(C-1)e^b)], which
+ * keeps the detector calm early on.  dL/dz = (p - onehot(y)) * b * g(1 - g)
+ * with g = sigmoid(z).  DESIGN's head is b = 1; with b = 1 the largest
+ * probability a 10-class head can give is e/(e+9) = 0.23 and it learns
+ * 10-class tasks poorly (README, "Head").
  *
  * The softmax may run over a subset of the outputs (an `active` mask): an
  * expert's head covers the labels it knows plus those of the batch.  Over
@@ -24,8 +27,8 @@ static inline float sigmoidf_stable(float z)
 
 /* Row i: s into `s` (the squashed or raw logits), p into `p` (0 where
  * inactive); returns log(sum exp s). */
-static double row_probs(enum nn_head head, const float *z, int c, const uint8_t *active, float *s,
-                        float *p)
+static double row_probs(enum nn_head head, float scale, const float *z, int c,
+                        const uint8_t *active, float *s, float *p)
 {
     float shift = 0.0f;
     if (head == NN_HEAD_SOFTMAX) {
@@ -35,8 +38,8 @@ static double row_probs(enum nn_head head, const float *z, int c, const uint8_t 
             if ((!active || active[j]) && z[j] > shift) shift = z[j];
         }
     } else {
-        /* s in [0,1]: no overflow, no shift needed */
-        for (int j = 0; j < c; j++) s[j] = sigmoidf_stable(z[j]);
+        /* s in [0,b]: no overflow for any sane b, no shift needed */
+        for (int j = 0; j < c; j++) s[j] = scale * sigmoidf_stable(z[j]);
     }
     double sum = 0;
     for (int j = 0; j < c; j++) {
@@ -60,7 +63,7 @@ double nn_head_loss_masked(struct nn_work *work, const int *y, int n, const uint
     for (int i = 0; i < n; i++) {
         const float *zi = z + (size_t)i * c;
         float *pi = work->prob + (size_t)i * c;
-        double lse = row_probs(work->head, zi, c, active, s, pi);
+        double lse = row_probs(work->head, work->head_scale, zi, c, active, s, pi);
         TAME_ASSERT(y[i] >= 0 && y[i] < c && (!active || active[y[i]]));
         total += lse - s[y[i]];
         if (dlogits) {
@@ -69,7 +72,10 @@ double nn_head_loss_masked(struct nn_work *work, const int *y, int n, const uint
                 float g = pi[j] - (j == y[i] ? 1.0f : 0.0f);
                 if (active && !active[j]) di[j] = 0.0f;
                 else if (work->head == NN_HEAD_SOFTMAX) di[j] = g * scale;
-                else di[j] = g * s[j] * (1.0f - s[j]) * scale;
+                else {
+                    float sg = s[j] / work->head_scale; /* sigmoid(z) */
+                    di[j] = g * work->head_scale * sg * (1.0f - sg) * scale;
+                }
             }
         }
     }
@@ -88,5 +94,6 @@ void nn_head_probs(struct nn_work *work, int n)
     float s[NN_MAX_OUTPUTS];
     TAME_ASSERT(c <= NN_MAX_OUTPUTS);
     for (int i = 0; i < n; i++)
-        row_probs(work->head, z + (size_t)i * c, c, NULL, s, work->prob + (size_t)i * c);
+        row_probs(work->head, work->head_scale, z + (size_t)i * c, c, NULL, s,
+                  work->prob + (size_t)i * c);
 }

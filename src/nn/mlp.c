@@ -16,6 +16,7 @@ int nn_mlp_alloc(const int *dims, int n_dims, struct nn_mlp **ret_mlp)
     struct nn_mlp *m = tame_calloc(1, sizeof(*m));
     if (!m) return TAME_E_NOMEM;
     m->n_layers = n_dims - 1;
+    m->head_scale = 1.0f;
     size_t off = 0;
     for (int l = 0; l < m->n_layers; l++) {
         struct nn_layer *L = &m->layer[l];
@@ -79,6 +80,7 @@ int nn_mlp_clone(const struct nn_mlp *src, struct nn_mlp **ret_mlp)
     int rc = nn_mlp_alloc(dims, src->n_layers + 1, &m);
     if (rc < 0) return rc;
     m->head = src->head;
+    m->head_scale = src->head_scale;
     memcpy(m->param, src->param, src->n_params * sizeof(float));
     memcpy(m->vel, src->vel, src->n_params * sizeof(float));
     if (src->mask) {
@@ -134,6 +136,7 @@ int nn_work_new(const struct nn_mlp *mlp, int max_batch, struct nn_work **ret_wo
     if (!w) return TAME_E_NOMEM;
     w->max_batch = max_batch;
     w->head = mlp->head;
+    w->head_scale = mlp->head_scale;
     w->n_layers = mlp->n_layers;
     int widest = mlp->layer[0].in;
     for (int l = 0; l < mlp->n_layers; l++) {

@@ -1,6 +1,6 @@
 /* serial.c: a network as one self-checking blob.
  *   u32 magic "TMLP" | u32 version | u32 n_layers | u32 dims[n_layers+1]
- *   | u8 head | u8 has_mask | f32 param[n] | f32 vel[n] | (u8 mask[n] if has_mask) | u32 crc32
+ *   | u8 head | f32 head_scale | u8 has_mask | f32 param[n] | f32 vel[n] | (u8 mask[n] if has_mask) | u32 crc32
  * Gradients are scratch and are not saved. */
 #include "nn_internal.h"
 
@@ -18,6 +18,7 @@ void nn_mlp_save(const struct nn_mlp *mlp, struct tame_wbuf *w)
     tame_wbuf_u32(w, (uint32_t)mlp->layer[0].in);
     for (int l = 0; l < mlp->n_layers; l++) tame_wbuf_u32(w, (uint32_t)mlp->layer[l].out);
     tame_wbuf_u8(w, (uint8_t)mlp->head);
+    tame_wbuf_f32(w, mlp->head_scale);
     tame_wbuf_u8(w, mlp->mask != NULL);
     tame_wbuf_f32s(w, mlp->param, mlp->n_params);
     tame_wbuf_f32s(w, mlp->vel, mlp->n_params);
@@ -40,13 +41,16 @@ int nn_mlp_load(struct tame_rbuf *r, struct nn_mlp **ret_mlp)
         dims[i] = (int)d;
     }
     uint8_t head = tame_rbuf_u8(r);
+    float head_scale = tame_rbuf_f32(r);
     uint8_t has_mask = tame_rbuf_u8(r);
-    if (r->err || has_mask > 1 || head > NN_HEAD_SOFTMAX) return TAME_E_CORRUPT;
+    if (r->err || has_mask > 1 || head > NN_HEAD_SOFTMAX || !(head_scale > 0 && head_scale <= 100))
+        return TAME_E_CORRUPT;
 
     struct nn_mlp *m;
     int rc = nn_mlp_alloc(dims, (int)n_layers + 1, &m);
     if (rc < 0) return rc == TAME_E_INVAL ? TAME_E_CORRUPT : rc;
     m->head = (enum nn_head)head;
+    m->head_scale = head_scale;
     /* The blob must hold at least what its shapes announce before we trust
      * them further. */
     if (tame_rbuf_left(r) < m->n_params * (has_mask ? 9 : 8) + 4) goto corrupt;

@@ -21,6 +21,7 @@ int tame_expert_new(const struct tame_learner *l, int id, struct tame_expert **r
     tame_rng_seed2(&rng, p->seed, 1000 + (uint64_t)id);
     int rc = nn_mlp_new(dims, n_dims, &rng, &e->net);
     if (rc < 0) goto fail;
+    e->net->head_scale = p->head_scale;
     rc = nn_work_new(e->net, p->batch_size, &e->work);
     if (rc < 0) goto fail;
     rc = tame_reservoir_new(p->expert_capacity, p->input_dim, &e->buf);

@@ -12,13 +12,14 @@ void tame_params_default(struct tame_params *p, int input_dim, int classes)
         .n_hidden = 2,
         .hidden = {100, 100},
         .batch_size = 128,
+        .head_scale = 3.0f,
         .lr = 0.1f,
         .momentum = 0.9f,
         .weight_decay = 5e-4f,
         .window = 100,
         .alpha = 0.2f,
         .k_sigma = 3.0f,
-        .sigma_floor = 0.005f,
+        .sigma_floor = 0.015f,
         .k_warn = 1.0f,
         .min_batches = 10,
         .selector_capacity = 5000,
@@ -50,6 +51,7 @@ int tame_params_validate(const struct tame_params *p, const char **ret_field)
     CHECK(p->n_hidden >= 0 && p->n_hidden <= TAME_MAX_HIDDEN, "hidden");
     for (int i = 0; i < p->n_hidden; i++) CHECK(p->hidden[i] >= 1 && p->hidden[i] <= NN_MAX_WIDTH, "hidden");
     CHECK(p->batch_size >= 1 && p->batch_size <= 65536, "batch_size");
+    CHECK(isfinite(p->head_scale) && p->head_scale >= 0.1f && p->head_scale <= 20, "head_scale");
     CHECK(isfinite(p->lr) && p->lr > 0 && p->lr <= 10, "lr");
     CHECK(isfinite(p->momentum) && p->momentum >= 0 && p->momentum < 1, "momentum");
     CHECK(isfinite(p->weight_decay) && p->weight_decay >= 0 && p->weight_decay < 1, "weight_decay");

@@ -19,6 +19,7 @@ static void params_save(const struct tame_params *p, struct tame_wbuf *w)
     tame_wbuf_i32(w, p->n_hidden);
     for (int i = 0; i < TAME_MAX_HIDDEN; i++) tame_wbuf_i32(w, p->hidden[i]);
     tame_wbuf_i32(w, p->batch_size);
+    tame_wbuf_f32(w, p->head_scale);
     tame_wbuf_f32(w, p->lr);
     tame_wbuf_f32(w, p->momentum);
     tame_wbuf_f32(w, p->weight_decay);
@@ -48,6 +49,7 @@ static void params_load(struct tame_rbuf *r, struct tame_params *p)
     p->n_hidden = tame_rbuf_i32(r);
     for (int i = 0; i < TAME_MAX_HIDDEN; i++) p->hidden[i] = tame_rbuf_i32(r);
     p->batch_size = tame_rbuf_i32(r);
+    p->head_scale = tame_rbuf_f32(r);
     p->lr = tame_rbuf_f32(r);
     p->momentum = tame_rbuf_f32(r);
     p->weight_decay = tame_rbuf_f32(r);

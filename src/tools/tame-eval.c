@@ -699,7 +699,7 @@ static void usage(FILE *f)
             "  --train-limit N     at most N training samples per task (quick runs)\n"
             "  --test-limit N      at most N test samples per task\n"
             "  --batch N --hidden W,W --lr X --k-sigma X --k-warn X --min-batches N\n"
-            "  --window N --alpha X --selector-epochs N --selector-lr X --expert-sparsity X\n"
+            "  --head-scale X --window N --alpha X --sigma-floor X --selector-epochs N --selector-lr X --expert-sparsity X\n"
             "  --selector-sparsity X --finetune-epochs N   model hyper-parameters\n"
             "  --threads N         1 or 2 threads per learner step (default 2; results are\n"
             "                      identical either way)\n"
@@ -742,7 +742,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     enum {
         O_DATA = 256, O_STREAM, O_TASKS, O_SEQ, O_EPOCHS, O_LABELS, O_SEED, O_BASE, O_MATRIX, O_BENCH,
         O_JSON, O_TRAIN_LIMIT, O_TEST_LIMIT, O_BATCH, O_HIDDEN, O_LR, O_KSIG, O_KWARN, O_MINB, O_WINDOW,
-        O_ALPHA, O_SELEP, O_SELLR, O_ESPARSE, O_SSPARSE, O_FTEP, O_QUIET, O_THREADS, O_HELP
+        O_ALPHA, O_SFLOOR, O_HSCALE, O_SELEP, O_SELLR, O_ESPARSE, O_SSPARSE, O_FTEP, O_QUIET, O_THREADS, O_HELP
     };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"stream", 1, 0, O_STREAM}, {"tasks", 1, 0, O_TASKS},
@@ -751,7 +751,8 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"bench", 0, 0, O_BENCH}, {"json", 1, 0, O_JSON}, {"train-limit", 1, 0, O_TRAIN_LIMIT},
         {"test-limit", 1, 0, O_TEST_LIMIT}, {"batch", 1, 0, O_BATCH}, {"hidden", 1, 0, O_HIDDEN},
         {"lr", 1, 0, O_LR}, {"k-sigma", 1, 0, O_KSIG}, {"k-warn", 1, 0, O_KWARN},
-        {"min-batches", 1, 0, O_MINB}, {"window", 1, 0, O_WINDOW}, {"alpha", 1, 0, O_ALPHA},
+        {"min-batches", 1, 0, O_MINB}, {"window", 1, 0, O_WINDOW}, {"alpha", 1, 0, O_ALPHA}, {"sigma-floor", 1, 0, O_SFLOOR},
+        {"head-scale", 1, 0, O_HSCALE},
         {"selector-epochs", 1, 0, O_SELEP}, {"selector-lr", 1, 0, O_SELLR}, {"expert-sparsity", 1, 0, O_ESPARSE},
         {"selector-sparsity", 1, 0, O_SSPARSE}, {"finetune-epochs", 1, 0, O_FTEP},
         {"quiet", 0, 0, O_QUIET}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
@@ -802,6 +803,8 @@ static void parse_args(int argc, char **argv, struct options *o)
         case O_MINB: o->p.min_batches = (int)parse_long(optarg, "--min-batches", 0, 1000000); break;
         case O_WINDOW: o->p.window = (int)parse_long(optarg, "--window", 2, 100000); break;
         case O_ALPHA: o->p.alpha = parse_float(optarg, "--alpha"); break;
+        case O_HSCALE: o->p.head_scale = parse_float(optarg, "--head-scale"); break;
+        case O_SFLOOR: o->p.sigma_floor = parse_float(optarg, "--sigma-floor"); break;
         case O_SELEP: o->p.selector_epochs = (int)parse_long(optarg, "--selector-epochs", 1, 10000); break;
         case O_SELLR: o->p.selector_lr = parse_float(optarg, "--selector-lr"); break;
         case O_ESPARSE: o->p.expert_sparsity = parse_float(optarg, "--expert-sparsity"); break;

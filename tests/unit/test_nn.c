@@ -164,7 +164,23 @@ START_TEST(head_gradient_matches_finite_differences)
         double fd = (lp - lm) / (2 * eps);
         ck_assert_msg(fabs(fd - dz[i]) < 5e-4, "softmax logit %d: %g vs %g", i, (double)dz[i], fd);
     }
+    /* A scaled head, softmax(3 * sigmoid(z)): gradient and bounds. */
     w->head = NN_HEAD_SIGMOID_SOFTMAX;
+    w->head_scale = 3.0f;
+    double scaled = nn_head_loss(w, y, n, dz);
+    ck_assert_double_ge(scaled, log(1 + 4 * exp(-3.0)) - 1e-6);
+    ck_assert_double_le(scaled, log(1 + 4 * exp(3.0)) + 1e-6);
+    for (int i = 0; i < 20; i++) {
+        float keep = z[i];
+        z[i] = keep + (float)eps;
+        double lp = nn_head_loss(w, y, n, NULL);
+        z[i] = keep - (float)eps;
+        double lm = nn_head_loss(w, y, n, NULL);
+        z[i] = keep;
+        double fd = (lp - lm) / (2 * eps);
+        ck_assert_msg(fabs(fd - dz[i]) < 1e-3, "scaled logit %d: %g vs %g", i, (double)dz[i], fd);
+    }
+    w->head_scale = 1.0f;
     nn_head_loss(w, y, n, dz);
     /* Probabilities are softmax(sigmoid(z)) and sum to one. */
     for (int i = 0; i < n; i++) {
