@@ -99,9 +99,35 @@ START_TEST(gradients_match_finite_differences_for_every_layer)
 }
 END_TEST
 
+/* Compare the head's analytic dL/dz with central differences on the
+ * logits left in `w` by the last forward pass; returns the loss. */
+static double check_head_gradient(struct nn_work *w, const int *y, int n, const uint8_t *active,
+                                  double tol, const char *what)
+{
+    const int c = w->width[w->n_layers - 1];
+    float *z = w->act[w->n_layers - 1];
+    float dz[64];
+    ck_assert_int_le(n * c, 64);
+    double loss = nn_head_loss_masked(w, y, n, active, dz);
+    const double eps = 1e-3;
+    for (int i = 0; i < n * c; i++) {
+        float keep = z[i];
+        z[i] = keep + (float)eps;
+        double lp = nn_head_loss_masked(w, y, n, active, NULL);
+        z[i] = keep - (float)eps;
+        double lm = nn_head_loss_masked(w, y, n, active, NULL);
+        z[i] = keep;
+        double fd = (lp - lm) / (2 * eps);
+        ck_assert_msg(fabs(fd - dz[i]) < tol, "%s, logit %d: %g vs %g", what, i, (double)dz[i], fd);
+        if (active && !active[i % c]) ck_assert_float_eq(dz[i], 0.0f);
+    }
+    nn_head_loss_masked(w, y, n, active, NULL); /* leave w->prob for this z */
+    return loss;
+}
+
 START_TEST(head_gradient_matches_finite_differences)
 {
-    /* A one-layer network whose logits we perturb directly. */
+    /* A one-layer network whose logits we set directly. */
     const int dims[] = {3, 5};
     const int n = 4;
     struct tame_rng r;
@@ -114,80 +140,32 @@ START_TEST(head_gradient_matches_finite_differences)
     int y[4] = {0, 4, 2, 2};
     fill_uniform(&r, x, 12, -1, 1);
     nn_mlp_forward(m, w, x, n);
-    float *z = w->act[0];
-    fill_uniform(&r, z, 20, -4, 4);
-    float dz[20];
-    double base = nn_head_loss(w, y, n, dz);
-    /* The loss is bounded as DESIGN 2.2 says. */
+    fill_uniform(&r, w->act[0], 20, -4, 4);
+
+    /* softmax(sigmoid(z)), bounded as DESIGN 2.2 says. */
+    double base = check_head_gradient(w, y, n, NULL, 5e-4, "sigmoid head");
     ck_assert_double_ge(base, log(1 + 4 / M_E) - 1e-6);
     ck_assert_double_le(base, log(1 + 4 * M_E) + 1e-6);
-    const double eps = 1e-3;
-    for (int i = 0; i < 20; i++) {
-        float keep = z[i];
-        z[i] = keep + (float)eps;
-        double lp = nn_head_loss(w, y, n, NULL);
-        z[i] = keep - (float)eps;
-        double lm = nn_head_loss(w, y, n, NULL);
-        z[i] = keep;
-        double fd = (lp - lm) / (2 * eps);
-        ck_assert_msg(fabs(fd - dz[i]) < 5e-4, "logit %d: %g vs %g", i, (double)dz[i], fd);
-    }
-    /* The same with the softmax over a subset of outputs: inactive ones get
-     * probability zero and no gradient. */
-    const uint8_t active[5] = {1, 0, 1, 1, 1};
-    int ym[4] = {0, 4, 2, 3};
-    double masked = nn_head_loss_masked(w, ym, n, active, dz);
-    ck_assert_double_ge(masked, log(1 + 3 / M_E) - 1e-6);
-    ck_assert_double_le(masked, log(1 + 3 * M_E) + 1e-6);
-    for (int i = 0; i < 20; i++) {
-        float keep = z[i];
-        z[i] = keep + (float)eps;
-        double lp = nn_head_loss_masked(w, ym, n, active, NULL);
-        z[i] = keep - (float)eps;
-        double lm = nn_head_loss_masked(w, ym, n, active, NULL);
-        z[i] = keep;
-        double fd = (lp - lm) / (2 * eps);
-        ck_assert_msg(fabs(fd - dz[i]) < 5e-4, "masked logit %d: %g vs %g", i, (double)dz[i], fd);
-        if (i % 5 == 1) ck_assert_float_eq(dz[i], 0.0f);
-        if (i % 5 == 1) ck_assert_float_eq(w->prob[i], 0.0f);
-    }
-    /* The plain softmax head (the selector's): dL/dz = (p - onehot) / n. */
-    w->head = NN_HEAD_SOFTMAX;
-    nn_head_loss(w, y, n, dz);
-    for (int i = 0; i < 20; i++) {
-        float keep = z[i];
-        z[i] = keep + (float)eps;
-        double lp = nn_head_loss(w, y, n, NULL);
-        z[i] = keep - (float)eps;
-        double lm = nn_head_loss(w, y, n, NULL);
-        z[i] = keep;
-        double fd = (lp - lm) / (2 * eps);
-        ck_assert_msg(fabs(fd - dz[i]) < 5e-4, "softmax logit %d: %g vs %g", i, (double)dz[i], fd);
-    }
-    /* A scaled head, softmax(3 * sigmoid(z)): gradient and bounds. */
-    w->head = NN_HEAD_SIGMOID_SOFTMAX;
-    w->head_scale = 3.0f;
-    double scaled = nn_head_loss(w, y, n, dz);
-    ck_assert_double_ge(scaled, log(1 + 4 * exp(-3.0)) - 1e-6);
-    ck_assert_double_le(scaled, log(1 + 4 * exp(3.0)) + 1e-6);
-    for (int i = 0; i < 20; i++) {
-        float keep = z[i];
-        z[i] = keep + (float)eps;
-        double lp = nn_head_loss(w, y, n, NULL);
-        z[i] = keep - (float)eps;
-        double lm = nn_head_loss(w, y, n, NULL);
-        z[i] = keep;
-        double fd = (lp - lm) / (2 * eps);
-        ck_assert_msg(fabs(fd - dz[i]) < 1e-3, "scaled logit %d: %g vs %g", i, (double)dz[i], fd);
-    }
-    w->head_scale = 1.0f;
-    nn_head_loss(w, y, n, dz);
-    /* Probabilities are softmax(sigmoid(z)) and sum to one. */
     for (int i = 0; i < n; i++) {
         double s = 0;
         for (int j = 0; j < 5; j++) s += w->prob[i * 5 + j];
         ck_assert_double_eq_tol(s, 1.0, 1e-5);
     }
+    /* Over a subset of outputs: inactive ones get probability 0, no gradient. */
+    const uint8_t active[5] = {1, 0, 1, 1, 1};
+    int ym[4] = {0, 4, 2, 3};
+    double masked = check_head_gradient(w, ym, n, active, 5e-4, "masked head");
+    ck_assert_double_ge(masked, log(1 + 3 / M_E) - 1e-6);
+    ck_assert_double_le(masked, log(1 + 3 * M_E) + 1e-6);
+    for (int i = 0; i < n; i++) ck_assert_float_eq(w->prob[i * 5 + 1], 0.0f);
+    /* Scaled, softmax(3 * sigmoid(z)). */
+    w->head_scale = 3.0f;
+    double scaled = check_head_gradient(w, y, n, NULL, 1e-3, "scaled head");
+    ck_assert_double_ge(scaled, log(1 + 4 * exp(-3.0)) - 1e-6);
+    ck_assert_double_le(scaled, log(1 + 4 * exp(3.0)) + 1e-6);
+    /* The plain softmax head (the selector's): dL/dz = (p - onehot) / n. */
+    w->head = NN_HEAD_SOFTMAX;
+    check_head_gradient(w, y, n, NULL, 5e-4, "softmax head");
     nn_work_free(w);
     nn_mlp_free(m);
 }
