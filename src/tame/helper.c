@@ -1,9 +1,11 @@
-/* helper.c: the learner's optional second thread.  Scoring every expert on a
- * batch is independent work, so with two threads the helper scores the
- * inactive experts while the caller's thread scores the active expert and
- * back-propagates through it speculatively (it is the one that trains unless
- * a shift is detected).  Each expert's arithmetic is the same on either
- * thread, so results are bit-identical to the single-threaded step. */
+/* helper.c: the learner's optional second thread, which runs one function
+ * at a time for the step.  Scoring every expert on a batch is independent
+ * work, so the helper scores some inactive experts while the caller's thread
+ * scores the active expert and back-propagates through it speculatively (it
+ * is the one that trains unless a shift is detected); later the helper feeds
+ * the buffers while the caller's thread updates the weights.  Each piece of
+ * arithmetic is the same on either thread, so results are bit-identical to
+ * the single-threaded step. */
 #include "tame_internal.h"
 
 #include <pthread.h>
@@ -13,11 +15,13 @@ struct tame_helper {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     enum { H_IDLE, H_POSTED, H_DONE, H_QUIT } state; /* guarded by mu */
-    struct tame_helper_job job;                       /* valid while POSTED */
+    void (*fn)(void *);                               /* valid while POSTED */
+    void *arg;
 };
 
-void tame_score_experts(const struct tame_helper_job *job)
+void tame_score_experts(void *arg)
 {
+    const struct tame_score_job *job = arg;
     for (int k = job->from; k < job->to; k++) {
         if (k == job->skip) continue;
         struct tame_expert *e = job->experts[k];
@@ -35,7 +39,7 @@ static void *helper_main(void *arg)
         while (h->state != H_POSTED && h->state != H_QUIT) pthread_cond_wait(&h->cv, &h->mu);
         if (h->state == H_QUIT) break;
         pthread_mutex_unlock(&h->mu);
-        tame_score_experts(&h->job);
+        h->fn(h->arg);
         pthread_mutex_lock(&h->mu);
         h->state = H_DONE;
         pthread_cond_broadcast(&h->cv);
@@ -74,10 +78,11 @@ void tame_helper_free(struct tame_helper *h)
     tame_free(h);
 }
 
-void tame_helper_post(struct tame_helper *h, const struct tame_helper_job *job)
+void tame_helper_post(struct tame_helper *h, void (*fn)(void *), void *arg)
 {
     pthread_mutex_lock(&h->mu);
-    h->job = *job;
+    h->fn = fn;
+    h->arg = arg;
     h->state = H_POSTED;
     pthread_cond_broadcast(&h->cv);
     pthread_mutex_unlock(&h->mu);

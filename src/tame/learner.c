@@ -268,11 +268,10 @@ out:
 }
 
 /* Distinct labels of y[0..n) that have no bucket (label, tag) in r yet. */
-static int new_buckets(const struct tame_reservoir *r, const int *y, int n, int tag, int classes)
+static int new_buckets(const struct tame_reservoir *r, const int *y, int n, int tag)
 {
     uint8_t seen[NN_MAX_OUTPUTS] = {0};
     int fresh = 0;
-    (void)classes;
     for (int i = 0; i < n; i++) {
         if (seen[y[i]]) continue;
         seen[y[i]] = 1;
@@ -314,6 +313,44 @@ static struct tame_pending *pending_at(struct tame_learner *l, int i)
     return &l->pending[(l->pend_head + i) % l->p.attribution_batches];
 }
 
+/* Step 7 of DESIGN 2.4 with the attribution delay: the oldest held-back
+ * batch (if the ring is full) enters the buffers of the expert it is
+ * attributed to, and B is copied into the ring's next slot; the caller
+ * counts it in (pending_push) once B has trained.  Touches the buffers,
+ * label counts and the RNG, never a network, so it can run beside the
+ * weight update. */
+struct buffer_job {
+    struct tame_learner *l;
+    const float *x;
+    const int *y;
+    int n;
+};
+
+static void buffer_work(void *arg)
+{
+    const struct buffer_job *job = arg;
+    struct tame_learner *l = job->l;
+    const struct tame_params *p = &l->p;
+    if (l->pend_len == p->attribution_batches) {
+        struct tame_pending *q = pending_at(l, 0);
+        attribute(l, q->x, q->y, q->n, q->expert);
+        l->pend_head = (l->pend_head + 1) % p->attribution_batches;
+        l->pend_len--;
+    }
+    struct tame_pending *q = pending_at(l, l->pend_len);
+    memcpy(q->x, job->x, (size_t)job->n * p->input_dim * sizeof(float));
+    memcpy(q->y, job->y, (size_t)job->n * sizeof(int));
+}
+
+static void pending_push(struct tame_learner *l, int n, int expert)
+{
+    struct tame_pending *q = pending_at(l, l->pend_len);
+    q->n = n;
+    q->batch = l->batches;
+    q->expert = expert;
+    l->pend_len++;
+}
+
 /* ---- the step ---- */
 
 int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int n)
@@ -346,22 +383,30 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     double loss[TAME_MAX_EXPERTS + 1];
     uint8_t in_batch[NN_MAX_OUTPUTS] = {0};
     int batch_labels = tame_batch_labels(y, n, in_batch);
-    struct tame_helper_job job = {.experts = ex, .x = x, .y = y, .n = n, .head = in_batch,
+    struct tame_score_job job = {.experts = ex, .x = x, .y = y, .n = n, .head = in_batch,
                                   .from = 0, .to = n_old, .skip = -1, .loss = loss};
     bool speculated = false; /* active expert's gradient already computed */
     if (l->helper && n_old >= 2) {
         /* The helper scores the others while this thread scores the active
          * expert and back-propagates through it. */
         int a0 = l->active;
+        /* Balance: forward + backward of the active expert cost about two
+         * forwards, so the helper takes h of the others, about (n_old+1)/2. */
+        int h = (n_old + 2) / 2;
+        if (h > n_old - 1) h = n_old - 1;
+        int split = h + (a0 < h); /* experts [0, split) minus a0 are h experts */
+        job.to = split;
         job.skip = a0;
-        tame_helper_post(l->helper, &job);
-        struct tame_helper_job mine = job;
+        tame_helper_post(l->helper, tame_score_experts, &job);
+        struct tame_score_job mine = job;
         mine.from = a0, mine.to = a0 + 1, mine.skip = -1;
         tame_score_experts(&mine);
         if (isfinite(loss[a0])) {
             nn_mlp_backward(ex[a0]->net, ex[a0]->work, x, n, ex[a0]->work->delta[0]);
             speculated = true;
         }
+        mine.from = split, mine.to = n_old, mine.skip = a0;
+        tame_score_experts(&mine);
         tame_helper_wait(l->helper);
     } else {
         tame_score_experts(&job);
@@ -461,9 +506,9 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     }
     if (give_n > 0) {
         struct tame_expert *target = give_to == n_old ? born : ex[give_to];
-        rc = tame_reservoir_reserve(l->sel_buf, new_buckets(l->sel_buf, give_y, give_n, give_to, p->classes));
+        rc = tame_reservoir_reserve(l->sel_buf, new_buckets(l->sel_buf, give_y, give_n, give_to));
         if (rc < 0) goto fail;
-        rc = tame_reservoir_reserve(target->buf, new_buckets(target->buf, give_y, give_n, 0, p->classes));
+        rc = tame_reservoir_reserve(target->buf, new_buckets(target->buf, give_y, give_n, 0));
         if (rc < 0) goto fail;
     }
 
@@ -535,14 +580,18 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     }
     l->active = next;
 
-    /* 5. Train the active expert one step on B, reusing its forward pass. */
+    /* 5. Train the active expert one step on B, reusing its forward pass,
+     * while the helper (if any) feeds the buffers. */
+    struct buffer_job bjob = {.l = l, .x = x, .y = y, .n = n};
+    bool ring = p->attribution_batches > 0;
+    if (ring && l->helper) tame_helper_post(l->helper, buffer_work, &bjob);
+    else if (ring) buffer_work(&bjob);
     struct tame_expert *e = l->experts[next];
     double la = e->loss;
     if (!(speculated && next == a)) nn_mlp_backward(e->net, e->work, x, n, e->work->delta[0]);
     struct nn_sgd opt = {.lr = p->lr, .momentum = p->momentum, .weight_decay = p->weight_decay};
-    if (nn_sgd_step(e->net, &opt) < 0) {
-        l->nonfinite_updates++;
-    } else {
+    bool trained = nn_sgd_step(e->net, &opt) == 0;
+    if (trained) {
         /* The window keeps an honest reference: only losses of an expert
          * in control (below the warning line) enter it. */
         if (e->s_all <= window_line(e, p->k_warn, p->sigma_floor)) window_push(e, p->window, la);
@@ -551,26 +600,14 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         e->batches_trained++;
         e->since_active++;
         if (e->since_active >= (uint64_t)p->attribution_batches) e->probation = false;
-        /* 7. Offer B to the buffers, after the attribution delay. */
-        if (p->attribution_batches == 0) {
-            attribute(l, x, y, n, next);
-        } else {
-            if (l->pend_len == p->attribution_batches) {
-                struct tame_pending *q = pending_at(l, 0);
-                attribute(l, q->x, q->y, q->n, q->expert);
-                l->pend_head = (l->pend_head + 1) % p->attribution_batches;
-                l->pend_len--;
-            }
-            struct tame_pending *q = pending_at(l, l->pend_len);
-            memcpy(q->x, x, (size_t)n * p->input_dim * sizeof(float));
-            memcpy(q->y, y, (size_t)n * sizeof(int));
-            q->n = n;
-            q->batch = l->batches;
-            q->expert = next;
-            l->pend_len++;
-        }
         l->samples_trained += (uint64_t)n;
+    } else {
+        l->nonfinite_updates++;
     }
+    if (ring && l->helper) tame_helper_wait(l->helper);
+    /* 7. B waits in the ring (or, without one, enters the buffers now). */
+    if (trained && ring) pending_push(l, n, next);
+    else if (trained) attribute(l, x, y, n, next);
     l->batches++;
     return 0;
 fail:

@@ -41,7 +41,7 @@ struct tame_pending {
 };
 
 /* Scoring work: experts [from, to) except `skip` score (x, y) into loss[]. */
-struct tame_helper_job {
+struct tame_score_job {
     struct tame_expert *const *experts;
     const float *x;
     const int *y;
@@ -53,9 +53,11 @@ struct tame_helper_job {
 struct tame_helper;
 int tame_helper_new(struct tame_helper **ret);
 void tame_helper_free(struct tame_helper *h);
-void tame_helper_post(struct tame_helper *h, const struct tame_helper_job *job);
+/* Run fn(arg) on the helper thread; tame_helper_wait blocks until it ran.
+ * One job at a time. */
+void tame_helper_post(struct tame_helper *h, void (*fn)(void *), void *arg);
 void tame_helper_wait(struct tame_helper *h);
-void tame_score_experts(const struct tame_helper_job *job);
+void tame_score_experts(void *job); /* a struct tame_score_job */
 
 struct tame_learner {
     struct tame_params p;
