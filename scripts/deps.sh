@@ -3,7 +3,7 @@
 # build, test and benchmark.  Run as root on a bare debian:bookworm.
 set -eu
 packages="gcc libc6-dev pkg-config meson ninja-build
-  libopenblas-dev zlib1g-dev libjansson-dev check
+  libopenblas-dev libopenblas-pthread-dev zlib1g-dev libjansson-dev check
   valgrind dataset-fashion-mnist"
 missing=""
 for p in $packages; do

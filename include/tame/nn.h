@@ -74,6 +74,7 @@ struct nn_work {
     float *act[NN_MAX_LAYERS];  /* [max_batch x width[l]]: post-ReLU, last = logits */
     float *delta[2];            /* two [max_batch x max width] ping-pong buffers */
     float *prob;                /* [max_batch x outputs]: softmax(sigmoid(logits)) */
+    const float *delta_first;   /* after nn_mlp_backward_rest: dL/d(first layer's output) */
 };
 /* Workspace for batches of up to max_batch rows through networks shaped like
  * `mlp`.  Owned by the caller. */
@@ -107,6 +108,20 @@ void nn_head_probs(struct nn_work *work, int n);
  * writing mlp->grad (overwritten, not accumulated). */
 void nn_mlp_backward(struct nn_mlp *mlp, struct nn_work *work, const float *x, int n,
                      const float *dlogits);
+
+/* The same passes in parts, so that two threads can share one network's
+ * work: units [from, to) of the first layer (nn_mlp_forward_first), then the
+ * other layers (nn_mlp_forward_rest); backward through every layer but the
+ * first (nn_mlp_backward_rest), then the first layer's weight gradient for
+ * units [from, to) (nn_mlp_backward_first).  Disjoint unit ranges touch
+ * disjoint memory, and each element is computed exactly as in the whole
+ * pass. */
+void nn_mlp_forward_first(const struct nn_mlp *mlp, struct nn_work *work, const float *x, int n,
+                          int from, int to);
+void nn_mlp_forward_rest(const struct nn_mlp *mlp, struct nn_work *work, int n);
+void nn_mlp_backward_rest(struct nn_mlp *mlp, struct nn_work *work, int n, const float *dlogits);
+void nn_mlp_backward_first(struct nn_mlp *mlp, struct nn_work *work, const float *x, int n,
+                           int from, int to);
 
 /* ---- optimiser ---- */
 struct nn_sgd {

@@ -168,45 +168,71 @@ void nn_work_free(struct nn_work *work)
     tame_free(work);
 }
 
-void nn_mlp_forward(const struct nn_mlp *mlp, struct nn_work *work, const float *x, int n)
+/* Output units [from, to) of layer l on input `in`: bias, one GEMM into a
+ * column block of the layer's output, ReLU unless it is the last layer. */
+static void layer_forward(const struct nn_mlp *mlp, struct nn_work *work, int l, const float *in,
+                          int n, int from, int to)
+{
+    const struct nn_layer *L = &mlp->layer[l];
+    const float *b = mlp->param + L->b_off + from;
+    float *out = work->act[l] + from;
+    int cols = to - from;
+    /* Start from the bias so the GEMM adds onto it (beta = 1). */
+    for (int i = 0; i < n; i++) memcpy(out + (size_t)i * L->out, b, (size_t)cols * sizeof(float));
+    nn_gemm(false, true, n, cols, L->in, 1.0f, in, L->in, mlp->param + L->w_off + (size_t)from * L->in,
+            L->in, 1.0f, out, L->out);
+    if (l + 1 < mlp->n_layers)
+        for (int i = 0; i < n; i++) {
+            float *row = out + (size_t)i * L->out;
+            for (int j = 0; j < cols; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+        }
+}
+
+void nn_mlp_forward_first(const struct nn_mlp *mlp, struct nn_work *work, const float *x, int n,
+                          int from, int to)
 {
     TAME_ASSERT(n >= 1 && n <= work->max_batch && work->n_layers == mlp->n_layers);
-    const float *in = x;
-    for (int l = 0; l < mlp->n_layers; l++) {
-        const struct nn_layer *L = &mlp->layer[l];
-        const float *b = mlp->param + L->b_off;
-        float *out = work->act[l];
-        /* Start from the bias so the GEMM adds onto it (beta = 1). */
-        for (int i = 0; i < n; i++) memcpy(out + (size_t)i * L->out, b, L->out * sizeof(float));
-        nn_gemm(false, true, n, L->out, L->in, 1.0f, in, L->in, mlp->param + L->w_off, L->in,
-                1.0f, out, L->out);
-        if (l + 1 < mlp->n_layers) {
-            size_t cnt = (size_t)n * L->out;
-            for (size_t i = 0; i < cnt; i++) out[i] = out[i] > 0.0f ? out[i] : 0.0f;
-        }
-        in = out;
-    }
+    TAME_ASSERT(0 <= from && from < to && to <= mlp->layer[0].out);
+    layer_forward(mlp, work, 0, x, n, from, to);
+}
+
+void nn_mlp_forward_rest(const struct nn_mlp *mlp, struct nn_work *work, int n)
+{
+    for (int l = 1; l < mlp->n_layers; l++)
+        layer_forward(mlp, work, l, work->act[l - 1], n, 0, mlp->layer[l].out);
+}
+
+void nn_mlp_forward(const struct nn_mlp *mlp, struct nn_work *work, const float *x, int n)
+{
+    nn_mlp_forward_first(mlp, work, x, n, 0, mlp->layer[0].out);
+    nn_mlp_forward_rest(mlp, work, n);
 }
 
 const float *nn_work_logits(const struct nn_work *work) { return work->act[work->n_layers - 1]; }
 
-void nn_mlp_backward(struct nn_mlp *mlp, struct nn_work *work, const float *x, int n,
-                     const float *dlogits)
+/* Gradients of layer l's weights for output units [from, to):
+ * dW = delta^T a_in  [rows from..to of out x in];  db = column sums of delta. */
+static void layer_weight_grad(struct nn_mlp *mlp, const float *delta, const float *a_in, int l,
+                              int n, int from, int to)
+{
+    const struct nn_layer *L = &mlp->layer[l];
+    int rows = to - from;
+    nn_gemm(true, false, rows, L->in, n, 1.0f, delta + from, L->out, a_in, L->in, 0.0f,
+            mlp->grad + L->w_off + (size_t)from * L->in, L->in);
+    float *db = mlp->grad + L->b_off + from;
+    memset(db, 0, (size_t)rows * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        const float *row = delta + (size_t)i * L->out + from;
+        for (int j = 0; j < rows; j++) db[j] += row[j];
+    }
+}
+
+void nn_mlp_backward_rest(struct nn_mlp *mlp, struct nn_work *work, int n, const float *dlogits)
 {
     const float *cur = dlogits;
-    for (int l = mlp->n_layers - 1; l >= 0; l--) {
+    for (int l = mlp->n_layers - 1; l >= 1; l--) {
         const struct nn_layer *L = &mlp->layer[l];
-        const float *a_in = l == 0 ? x : work->act[l - 1];
-        /* dW = delta^T a_in  [out x in];  db = column sums of delta. */
-        nn_gemm(true, false, L->out, L->in, n, 1.0f, cur, L->out, a_in, L->in, 0.0f,
-                mlp->grad + L->w_off, L->in);
-        float *db = mlp->grad + L->b_off;
-        memset(db, 0, L->out * sizeof(float));
-        for (int i = 0; i < n; i++) {
-            const float *row = cur + (size_t)i * L->out;
-            for (int j = 0; j < L->out; j++) db[j] += row[j];
-        }
-        if (l == 0) break;
+        layer_weight_grad(mlp, cur, work->act[l - 1], l, n, 0, L->out);
         /* delta_{l-1} = (delta W) * relu'(a_{l-1}) */
         float *next = cur == work->delta[0] ? work->delta[1] : work->delta[0];
         nn_gemm(false, false, n, L->in, L->out, 1.0f, cur, L->out, mlp->param + L->w_off, L->in,
@@ -217,4 +243,19 @@ void nn_mlp_backward(struct nn_mlp *mlp, struct nn_work *work, const float *x, i
             if (a[i] <= 0.0f) next[i] = 0.0f;
         cur = next;
     }
+    work->delta_first = cur;
+}
+
+void nn_mlp_backward_first(struct nn_mlp *mlp, struct nn_work *work, const float *x, int n,
+                           int from, int to)
+{
+    TAME_ASSERT(0 <= from && from < to && to <= mlp->layer[0].out);
+    layer_weight_grad(mlp, work->delta_first, x, 0, n, from, to);
+}
+
+void nn_mlp_backward(struct nn_mlp *mlp, struct nn_work *work, const float *x, int n,
+                     const float *dlogits)
+{
+    nn_mlp_backward_rest(mlp, work, n, dlogits);
+    nn_mlp_backward_first(mlp, work, x, n, 0, mlp->layer[0].out);
 }

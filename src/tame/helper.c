@@ -9,15 +9,54 @@
 #include "tame_internal.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+
+/* A job lasts tens to hundreds of microseconds, about what a futex wake-up
+ * costs, so both sides spin for a short while before they sleep. */
+#define SPIN_ROUNDS 20000
+
+enum { H_IDLE, H_POSTED, H_DONE, H_QUIT };
 
 struct tame_helper {
     pthread_t thread;
-    pthread_mutex_t mu;
+    pthread_mutex_t mu;                /* with cv: the sleeping path only */
     pthread_cond_t cv;
-    enum { H_IDLE, H_POSTED, H_DONE, H_QUIT } state; /* guarded by mu */
-    void (*fn)(void *);                               /* valid while POSTED */
+    atomic_int state;                  /* H_*: who owns fn/arg */
+    void (*fn)(void *);                /* written by the caller before POSTED */
     void *arg;
 };
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Wait until state is one of a, b; spin first, then sleep. */
+static int await_state(struct tame_helper *h, int a, int b)
+{
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+        int st = atomic_load_explicit(&h->state, memory_order_acquire);
+        if (st == a || st == b) return st;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&h->mu);
+    int st;
+    while ((st = atomic_load_explicit(&h->state, memory_order_acquire)) != a && st != b)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+    return st;
+}
+
+/* Publish a new state and wake a sleeper, if any. */
+static void set_state(struct tame_helper *h, int st)
+{
+    atomic_store_explicit(&h->state, st, memory_order_release);
+    pthread_mutex_lock(&h->mu);
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
 
 void tame_score_experts(void *arg)
 {
@@ -34,17 +73,10 @@ static void *helper_main(void *arg)
 {
     struct tame_helper *h = arg;
     nn_blas_threads(1);
-    pthread_mutex_lock(&h->mu);
-    for (;;) {
-        while (h->state != H_POSTED && h->state != H_QUIT) pthread_cond_wait(&h->cv, &h->mu);
-        if (h->state == H_QUIT) break;
-        pthread_mutex_unlock(&h->mu);
+    while (await_state(h, H_POSTED, H_QUIT) == H_POSTED) {
         h->fn(h->arg);
-        pthread_mutex_lock(&h->mu);
-        h->state = H_DONE;
-        pthread_cond_broadcast(&h->cv);
+        set_state(h, H_DONE);
     }
-    pthread_mutex_unlock(&h->mu);
     return NULL;
 }
 
@@ -54,7 +86,7 @@ int tame_helper_new(struct tame_helper **ret)
     if (!h) return TAME_E_NOMEM;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->cv, NULL);
-    h->state = H_IDLE;
+    atomic_init(&h->state, H_IDLE);
     if (pthread_create(&h->thread, NULL, helper_main, h) != 0) {
         pthread_mutex_destroy(&h->mu);
         pthread_cond_destroy(&h->cv);
@@ -68,10 +100,7 @@ int tame_helper_new(struct tame_helper **ret)
 void tame_helper_free(struct tame_helper *h)
 {
     if (!h) return;
-    pthread_mutex_lock(&h->mu);
-    h->state = H_QUIT;
-    pthread_cond_broadcast(&h->cv);
-    pthread_mutex_unlock(&h->mu);
+    set_state(h, H_QUIT);
     pthread_join(h->thread, NULL);
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->cv);
@@ -80,18 +109,14 @@ void tame_helper_free(struct tame_helper *h)
 
 void tame_helper_post(struct tame_helper *h, void (*fn)(void *), void *arg)
 {
-    pthread_mutex_lock(&h->mu);
+    TAME_ASSERT(atomic_load(&h->state) == H_IDLE);
     h->fn = fn;
     h->arg = arg;
-    h->state = H_POSTED;
-    pthread_cond_broadcast(&h->cv);
-    pthread_mutex_unlock(&h->mu);
+    set_state(h, H_POSTED);
 }
 
 void tame_helper_wait(struct tame_helper *h)
 {
-    pthread_mutex_lock(&h->mu);
-    while (h->state != H_DONE) pthread_cond_wait(&h->cv, &h->mu);
-    h->state = H_IDLE;
-    pthread_mutex_unlock(&h->mu);
+    await_state(h, H_DONE, H_DONE);
+    atomic_store_explicit(&h->state, H_IDLE, memory_order_relaxed);
 }
