@@ -3,6 +3,8 @@
  * checks its JSON report: the keys scripts rely on, the experts found, the
  * detection delays, and that TAME lands between the finetune and oracle
  * baselines. */
+#include "check_run.h"
+
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
@@ -259,9 +261,5 @@ int main(int argc, char **argv)
     tcase_add_test(tc, recurring_stream_reuses_the_returning_task_expert);
     tcase_add_test(tc, bad_invocations_fail_with_a_message);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return check_run(s);
 }

@@ -1,6 +1,8 @@
 /* test_buffers.c: the stratified reservoir of DESIGN 2.5. */
 #include "reservoir.h"
 
+#include "check_run.h"
+
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -155,9 +157,5 @@ int main(void)
     tcase_add_test(tc, save_load_round_trip_and_corruption);
     tcase_add_test(tc, allocation_failure_changes_nothing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return check_run(s);
 }

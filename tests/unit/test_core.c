@@ -1,6 +1,8 @@
 /* test_core.c: error table, RNG, byte buffers and allocation hooks. */
 #include "tame/core.h"
 
+#include "check_run.h"
+
 #include <check.h>
 #include <math.h>
 #include <string.h>
@@ -163,9 +165,5 @@ static Suite *core_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(core_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return check_run(core_suite());
 }

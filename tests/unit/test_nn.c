@@ -2,6 +2,8 @@
  * against finite differences, a plain-C GEMM and hand-computed values. */
 #include "tame/nn.h"
 
+#include "check_run.h"
+
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -456,9 +458,5 @@ static Suite *nn_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(nn_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return check_run(nn_suite());
 }

@@ -5,6 +5,8 @@
 #include "synth.h"
 #include "tame/tame.h"
 
+#include "check_run.h"
+
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
@@ -663,9 +665,5 @@ int main(void)
     tcase_add_test(tc, params_are_validated);
     tcase_add_test(tc, expert_limit_falls_back_to_reuse);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return check_run(s);
 }
