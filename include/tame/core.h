@@ -133,6 +133,21 @@ size_t tame_rbuf_left(const struct tame_rbuf *r);
 
 uint32_t tame_crc32(uint32_t crc, const void *p, size_t n);
 
+/* ---- numbers ---- */
+/* 1 if the IEEE-754 single has an all-ones exponent (Inf or NaN).  Integer
+ * operations, so loops that OR it together vectorise (a float reduction
+ * would not, without reassociation). */
+static inline uint32_t tame_f32_nonfinite(float v)
+{
+    union {
+        float f;
+        uint32_t u;
+    } b = {.f = v};
+    return (b.u & 0x7f800000u) == 0x7f800000u;
+}
+/* True if no element of v[0..n) is Inf or NaN. */
+bool tame_all_finite(const float *v, size_t n);
+
 /* Seconds from a monotonic clock. */
 double tame_now_s(void);
 

@@ -177,8 +177,7 @@ void tame_rbuf_f32s(struct tame_rbuf *r, float *v, size_t n)
 #else
     for (size_t i = 0; i < n; i++) v[i] = tame_rbuf_f32(r);
 #endif
-    for (size_t i = 0; i < n && !r->err; i++)
-        if (!isfinite(v[i])) r->err = TAME_E_CORRUPT;
+    if (!r->err && !tame_all_finite(v, n)) r->err = TAME_E_CORRUPT;
 }
 
 void tame_rbuf_crc(struct tame_rbuf *r, size_t from)
@@ -189,6 +188,13 @@ void tame_rbuf_crc(struct tame_rbuf *r, size_t from)
 }
 
 size_t tame_rbuf_left(const struct tame_rbuf *r) { return r->err ? 0 : r->len - r->pos; }
+
+bool tame_all_finite(const float *v, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad |= tame_f32_nonfinite(v[i]);
+    return !bad;
+}
 
 double tame_now_s(void)
 {

@@ -14,15 +14,14 @@ int nn_sgd_step(struct nn_mlp *mlp, const struct nn_sgd *opt)
     const float *g = mlp->grad, *mask = mlp->mask;
     const size_t n = mlp->n_params;
 
-    /* Pass 1: would every new value be finite?  0*x is NaN exactly when x is
-     * Inf or NaN, and this form vectorises where isfinite() would not. */
-    float probe = 0.0f;
+    /* Pass 1: would every new value be finite?  (Integer test: vectorises.) */
+    uint32_t bad = 0;
     for (size_t i = 0; i < n; i++) {
         float vi = mom * v[i] + g[i] + wd * w[i];
         float wi = w[i] - lr * vi;
-        probe += 0.0f * vi + 0.0f * wi;
+        bad |= tame_f32_nonfinite(vi) | tame_f32_nonfinite(wi);
     }
-    if (probe != 0.0f) return TAME_E_NONFINITE;
+    if (bad) return TAME_E_NONFINITE;
 
     /* Pass 2: apply. */
     if (mask) {

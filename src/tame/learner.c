@@ -375,10 +375,7 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     if (n < 1 || n > p->batch_size) return TAME_E_RANGE;
     for (int i = 0; i < n; i++)
         if (y[i] < 0 || y[i] >= p->classes) return TAME_E_RANGE;
-    size_t nx = (size_t)n * p->input_dim;
-    float probe = 0.0f;
-    for (size_t i = 0; i < nx; i++) probe += 0.0f * x[i];
-    if (probe != 0.0f) {
+    if (!tame_all_finite(x, (size_t)n * p->input_dim)) {
         l->nonfinite_batches++;
         return TAME_E_NONFINITE;
     }
