@@ -239,8 +239,7 @@ void nn_mlp_backward_rest(struct nn_mlp *mlp, struct nn_work *work, int n, const
                 0.0f, next, L->in);
         size_t cnt = (size_t)n * L->in;
         const float *a = work->act[l - 1];
-        for (size_t i = 0; i < cnt; i++)
-            if (a[i] <= 0.0f) next[i] = 0.0f;
+        for (size_t i = 0; i < cnt; i++) next[i] = a[i] > 0.0f ? next[i] : 0.0f; /* branch-free */
         cur = next;
     }
     work->delta_first = cur;
