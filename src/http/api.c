@@ -1,0 +1,685 @@
+/* api.c: the v1 handlers (api/openapi.yaml): validation of every field with
+ * the index of the offending sample, JSON codecs, and /metrics. */
+#include "http_internal.h"
+
+#include "tame/log.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const double http_bucket_le[HTTP_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                             0.025,  0.05,  0.1,    0.5,   2.5};
+
+void http_metrics_request(struct http_server *h, enum http_endpoint ep, int status, double seconds)
+{
+    pthread_mutex_lock(&h->metrics_mu);
+    int cls = status / 100;
+    if (cls >= 1 && cls <= 5) h->requests[ep][cls]++;
+    if (status == 400) h->bad_requests++;
+    for (int b = 0; b < HTTP_BUCKETS; b++)
+        if (seconds <= http_bucket_le[b]) h->duration_bucket[ep][b]++;
+    h->duration_count[ep]++;
+    h->duration_sum[ep] += seconds;
+    pthread_mutex_unlock(&h->metrics_mu);
+}
+
+/* ---- model parameters ---- */
+
+enum ftype { F_INT, F_FLOAT, F_U64 };
+static const struct field {
+    const char *name;
+    enum ftype type;
+    size_t off;
+} param_fields[] = {
+#define FI(n) {#n, F_INT, offsetof(struct tame_params, n)}
+#define FF(n) {#n, F_FLOAT, offsetof(struct tame_params, n)}
+    FI(input_dim), FI(classes), FI(batch_size), FF(head_scale), FF(lr), FF(momentum),
+    FF(weight_decay), FI(window), FF(alpha), FF(k_sigma), FF(sigma_floor), FF(k_warn),
+    FI(min_batches), FI(selector_capacity), FI(expert_capacity), FI(selector_epochs),
+    FF(selector_lr), FI(selector_every), FF(expert_sparsity), FF(selector_sparsity),
+    FI(finetune_epochs), FI(max_experts), FI(attribution_batches),
+    {"seed", F_U64, offsetof(struct tame_params, seed)},
+#undef FI
+#undef FF
+};
+#define N_FIELDS (sizeof(param_fields) / sizeof(param_fields[0]))
+
+static json_t *params_json(const struct tame_params *p)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const struct field *f = &param_fields[i];
+        const char *base = (const char *)p + f->off;
+        json_t *v = f->type == F_INT     ? json_integer(*(const int *)base)
+                    : f->type == F_FLOAT ? json_real(*(const float *)base)
+                                         : json_integer((json_int_t) * (const uint64_t *)base);
+        json_object_set_new(o, f->name, v);
+    }
+    json_t *hid = json_array();
+    for (int i = 0; i < p->n_hidden; i++) json_array_append_new(hid, json_integer(p->hidden[i]));
+    json_object_set_new(o, "hidden", hid);
+    return o;
+}
+
+static bool valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > SERVE_NAME_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+/* Fill *p from a create request; on error writes status/code/message. */
+static int parse_create(const struct http_server *h, json_t *doc, char *name, struct tame_params *p,
+                        char *msg, size_t msglen)
+{
+    if (!json_is_object(doc)) return snprintf(msg, msglen, "the body must be a JSON object"), -1;
+    json_t *jn = json_object_get(doc, "name");
+    if (!json_is_string(jn) || !valid_name(json_string_value(jn)))
+        return snprintf(msg, msglen, "name: a string of 1-%d characters [A-Za-z0-9_.-]", SERVE_NAME_MAX), -1;
+    snprintf(name, SERVE_NAME_MAX + 1, "%s", json_string_value(jn));
+    json_t *ji = json_object_get(doc, "input_dim"), *jc = json_object_get(doc, "classes");
+    if (!json_is_integer(ji) || !json_is_integer(jc))
+        return snprintf(msg, msglen, "input_dim and classes: integers, both required"), -1;
+    tame_params_default(p, (int)json_integer_value(ji), (int)json_integer_value(jc));
+    const char *key;
+    json_t *v;
+    json_object_foreach(doc, key, v) {
+        if (!strcmp(key, "name")) continue;
+        if (!strcmp(key, "hidden")) {
+            if (!json_is_array(v) || json_array_size(v) > (size_t)h->cfg.hidden_layers_max)
+                return snprintf(msg, msglen, "hidden: an array of at most %d layer widths",
+                                h->cfg.hidden_layers_max), -1;
+            p->n_hidden = (int)json_array_size(v);
+            for (int i = 0; i < p->n_hidden; i++) {
+                json_t *w = json_array_get(v, (size_t)i);
+                if (!json_is_integer(w) || json_integer_value(w) < 1 ||
+                    json_integer_value(w) > h->cfg.hidden_max)
+                    return snprintf(msg, msglen, "hidden[%d]: an integer in 1..%d (the configured limit)", i,
+                                    h->cfg.hidden_max), -1;
+                p->hidden[i] = (int)json_integer_value(w);
+            }
+            continue;
+        }
+        const struct field *f = NULL;
+        for (size_t i = 0; i < N_FIELDS; i++)
+            if (!strcmp(param_fields[i].name, key)) f = &param_fields[i];
+        if (!f) return snprintf(msg, msglen, "unknown field '%s'", key), -1;
+        char *base = (char *)p + f->off;
+        if (f->type == F_FLOAT) {
+            if (!json_is_number(v)) return snprintf(msg, msglen, "%s: a number", key), -1;
+            *(float *)base = (float)json_number_value(v);
+        } else {
+            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                (f->type == F_INT && json_integer_value(v) > 0x7fffffff))
+                return snprintf(msg, msglen, "%s: a non-negative integer", key), -1;
+            if (f->type == F_INT) *(int *)base = (int)json_integer_value(v);
+            else *(uint64_t *)base = (uint64_t)json_integer_value(v);
+        }
+    }
+    if (p->input_dim > h->cfg.input_dim_max)
+        return snprintf(msg, msglen, "input_dim %d exceeds the configured limit %d", p->input_dim,
+                        h->cfg.input_dim_max), -1;
+    if (p->classes > h->cfg.classes_max)
+        return snprintf(msg, msglen, "classes %d exceeds the configured limit %d", p->classes,
+                        h->cfg.classes_max), -1;
+    if (p->max_experts > h->cfg.experts_max)
+        return snprintf(msg, msglen, "max_experts %d exceeds the configured limit %d", p->max_experts,
+                        h->cfg.experts_max), -1;
+    if (p->batch_size > h->cfg.batch_max)
+        return snprintf(msg, msglen, "batch_size %d exceeds the configured limit %d", p->batch_size,
+                        h->cfg.batch_max), -1;
+    const char *field = NULL;
+    if (tame_params_validate(p, &field) < 0) return snprintf(msg, msglen, "%s is out of range", field), -1;
+    return 0;
+}
+
+static json_t *model_json(struct serve_model *m)
+{
+    const struct tame_params *p = serve_model_params(m);
+    struct serve_view *v = serve_view_get(m);
+    struct serve_counters c;
+    serve_counters(m, &c);
+    json_t *experts = json_array();
+    for (int k = 0; k < v->n_experts; k++) {
+        const struct tame_expert_info *e = &v->experts[k];
+        json_t *labels = json_array();
+        for (int j = 0; j < p->classes; j++)
+            if (e->labels[j]) json_array_append_new(labels, json_integer(j));
+        json_array_append_new(experts,
+                              json_pack("{s:i,s:I,s:o,s:I,s:f,s:f,s:f,s:f,s:b,s:i}", "id", e->id,
+                                        "batches_trained", (json_int_t)e->batches_trained, "labels", labels,
+                                        "nonzero_params", (json_int_t)e->nonzero_params, "loss", e->loss,
+                                        "threshold", e->threshold, "s_all", e->s_all, "s_act", e->s_act,
+                                        "pruned", e->pruned, "buffer_fill", e->buffer_fill));
+    }
+    json_t *o = json_pack(
+        "{s:s,s:i,s:i,s:o,s:I,s:I,s:I,s:I,s:i,s:i,s:o,s:{s:i,s:I,s:b,s:i},s:I,s:I,s:I,s:I}", "name",
+        serve_model_name(m), "input_dim", p->input_dim, "classes", p->classes, "params", params_json(p),
+        "samples_acknowledged", (json_int_t)c.acknowledged, "samples_trained",
+        (json_int_t)v->info.samples_trained, "samples_queued", (json_int_t)c.queued, "batches",
+        (json_int_t)v->info.batches, "active_expert", v->info.active, "n_experts", v->n_experts, "experts",
+        experts, "selector", "experts", v->info.selector_experts, "version",
+        (json_int_t)v->info.selector_version, "due", v->info.selector_due, "buffer_fill",
+        v->info.selector_fill, "nonfinite_batches", (json_int_t)v->info.nonfinite_batches,
+        "nonfinite_updates", (json_int_t)v->info.nonfinite_updates, "predictions",
+        (json_int_t)c.predictions, "events", (json_int_t)c.events);
+    serve_view_put(v);
+    return o;
+}
+
+/* ---- numeric arrays ---- */
+
+/* x: an array of input_dim finite numbers within +-x_abs_max. */
+static int read_vector(const struct http_server *h, json_t *a, int dim, float *out, const char *where,
+                       char *msg, size_t msglen)
+{
+    if (!json_is_array(a)) return snprintf(msg, msglen, "%s: x must be an array of numbers", where), -1;
+    if ((int)json_array_size(a) != dim)
+        return snprintf(msg, msglen, "%s: x has %zu values, the model's input_dim is %d", where,
+                        json_array_size(a), dim), -1;
+    for (int j = 0; j < dim; j++) {
+        json_t *e = json_array_get(a, (size_t)j);
+        if (!json_is_number(e)) return snprintf(msg, msglen, "%s: x[%d] is not a number", where, j), -1;
+        double d = json_number_value(e);
+        if (!isfinite(d) || fabs(d) > h->cfg.x_abs_max)
+            return snprintf(msg, msglen, "%s: x[%d] = %g is outside +-%g", where, j, d, h->cfg.x_abs_max), -1;
+        out[j] = (float)d;
+    }
+    return 0;
+}
+
+/* Row form {"samples":[{"x":[...],"y":3}]} or column form {"x":[[...]],"y":[...]}. */
+static int parse_samples(const struct http_server *h, json_t *doc, const struct tame_params *p, float **ret_x,
+                         int **ret_y, int *ret_n, char *msg, size_t msglen)
+{
+    if (!json_is_object(doc)) return snprintf(msg, msglen, "the body must be a JSON object"), -1;
+    json_t *rows = json_object_get(doc, "samples"), *cx = json_object_get(doc, "x"), *cy = json_object_get(doc, "y");
+    const char *key;
+    json_t *v;
+    json_object_foreach(doc, key, v) if (strcmp(key, "samples") && strcmp(key, "x") && strcmp(key, "y"))
+        return snprintf(msg, msglen, "unknown field '%s'", key), -1;
+    size_t n;
+    if (rows) {
+        if (cx || cy) return snprintf(msg, msglen, "use either samples or x/y, not both"), -1;
+        if (!json_is_array(rows)) return snprintf(msg, msglen, "samples must be an array"), -1;
+        n = json_array_size(rows);
+    } else {
+        if (!json_is_array(cx) || !json_is_array(cy))
+            return snprintf(msg, msglen, "expected {\"samples\": [...]} or {\"x\": [[...]], \"y\": [...]}"), -1;
+        n = json_array_size(cx);
+        if (json_array_size(cy) != n)
+            return snprintf(msg, msglen, "x has %zu rows but y has %zu labels", n, json_array_size(cy)), -1;
+    }
+    if (n == 0) return snprintf(msg, msglen, "no samples"), -1;
+    float *x = malloc(n * (size_t)p->input_dim * sizeof(float));
+    int *y = malloc(n * sizeof(int));
+    if (!x || !y) {
+        free(x);
+        free(y);
+        return snprintf(msg, msglen, "out of memory"), -2;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char where[48];
+        snprintf(where, sizeof(where), "sample %zu", i);
+        json_t *xi, *yi;
+        if (rows) {
+            json_t *s = json_array_get(rows, i);
+            if (!json_is_object(s)) {
+                snprintf(msg, msglen, "%s: must be an object with x and y", where);
+                goto bad;
+            }
+            json_object_foreach(s, key, v) if (strcmp(key, "x") && strcmp(key, "y") && strcmp(key, "id")) {
+                snprintf(msg, msglen, "%s: unknown field '%s'", where, key);
+                goto bad;
+            }
+            xi = json_object_get(s, "x");
+            yi = json_object_get(s, "y");
+        } else {
+            xi = json_array_get(cx, i);
+            yi = json_array_get(cy, i);
+        }
+        if (read_vector(h, xi, p->input_dim, x + i * (size_t)p->input_dim, where, msg, msglen) < 0) goto bad;
+        if (!json_is_integer(yi) || json_integer_value(yi) < 0 || json_integer_value(yi) >= p->classes) {
+            snprintf(msg, msglen, "%s: y must be an integer label in 0..%d", where, p->classes - 1);
+            goto bad;
+        }
+        y[i] = (int)json_integer_value(yi);
+    }
+    *ret_x = x;
+    *ret_y = y;
+    *ret_n = (int)n;
+    return 0;
+bad:
+    free(x);
+    free(y);
+    return -1;
+}
+
+/* ---- handlers ---- */
+
+static bool is_json(struct MHD_Connection *c)
+{
+    const char *t = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    return t && !strncasecmp(t, "application/json", 16) && (t[16] == 0 || t[16] == ';' || t[16] == ' ');
+}
+
+static json_t *parse_body(struct MHD_Connection *c, const char *body, size_t len, int *ret)
+{
+    if (!is_json(c)) {
+        *ret = http_send_error(c, 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json");
+        return NULL;
+    }
+    if (len == 0) {
+        *ret = http_send_error(c, 400, "INVALID", "empty body");
+        return NULL;
+    }
+    json_error_t err;
+    json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
+    if (!doc) *ret = http_send_error(c, 400, "MALFORMED_JSON", "line %d column %d: %s", err.line, err.column, err.text);
+    return doc;
+}
+
+static int send_model_error(struct MHD_Connection *c, int rc, const char *name)
+{
+    if (rc == TAME_E_NOTFOUND) return http_send_error(c, 404, "NOT_FOUND", "no model named '%s'", name);
+    return http_send_error(c, tame_err_http_status(rc), tame_err_name(rc), "%s", tame_strerror(rc));
+}
+
+static int handle_create(struct http_server *h, struct MHD_Connection *c, const char *body, size_t len)
+{
+    int ret;
+    json_t *doc = parse_body(c, body, len, &ret);
+    if (!doc) return ret;
+    char name[SERVE_NAME_MAX + 1], msg[256];
+    struct tame_params p;
+    int prc = parse_create(h, doc, name, &p, msg, sizeof(msg));
+    json_decref(doc);
+    if (prc < 0) return http_send_error(c, 400, "INVALID", "%s", msg);
+    int rc = serve_create(h->serve, name, &p);
+    if (rc == TAME_E_EXIST) return http_send_error(c, 409, "EXISTS", "a model named '%s' exists", name);
+    if (rc == TAME_E_LIMIT) return http_send_error(c, 409, "LIMIT", "the daemon already serves its maximum of models");
+    if (rc < 0) return send_model_error(c, rc, name);
+    TAME_LOG(TAME_LOG_INFO, "model created", "model=%s input_dim=%d classes=%d", name, p.input_dim, p.classes);
+    struct serve_model *m = serve_get(h->serve, name);
+    if (!m) return http_send_error(c, 404, "NOT_FOUND", "model '%s' was deleted", name);
+    json_t *o = model_json(m);
+    serve_put(m);
+    return http_send_json(c, 201, o);
+}
+
+static int handle_list(struct http_server *h, struct MHD_Connection *c)
+{
+    char **names;
+    int n;
+    if (serve_names(h->serve, &names, &n) < 0) return http_send_error(c, 503, "NOMEM", "out of memory");
+    json_t *arr = json_array();
+    for (int i = 0; i < n; i++) {
+        struct serve_model *m = serve_get(h->serve, names[i]);
+        if (m) json_array_append_new(arr, model_json(m));
+        serve_put(m);
+        free(names[i]);
+    }
+    free(names);
+    return http_send_json(c, 200, json_pack("{s:o}", "models", arr));
+}
+
+static int handle_samples(struct http_server *h, struct MHD_Connection *c, struct serve_model *m,
+                          const char *body, size_t len)
+{
+    int ret;
+    json_t *doc = parse_body(c, body, len, &ret);
+    if (!doc) return ret;
+    float *x;
+    int *y, n;
+    char msg[256];
+    int prc = parse_samples(h, doc, serve_model_params(m), &x, &y, &n, msg, sizeof(msg));
+    json_decref(doc);
+    if (prc == -2) return http_send_error(c, 503, "NOMEM", "%s", msg);
+    if (prc < 0) return http_send_error(c, 400, "INVALID", "%s", msg);
+    uint64_t acked = 0;
+    int rc = serve_append(m, x, y, n, &acked);
+    free(x);
+    free(y);
+    if (rc == TAME_E_BUSY)
+        return http_send_error_ex(c, 429, "BUSY", "1", NULL, "the queue of model '%s' is full; retry later",
+                                  serve_model_name(m));
+    if (rc < 0) return send_model_error(c, rc, serve_model_name(m));
+    return http_send_json(c, 200, json_pack("{s:i,s:I}", "accepted", n, "samples_acknowledged", (json_int_t)acked));
+}
+
+static int handle_predict(struct http_server *h, struct MHD_Connection *c, struct serve_model *m,
+                          const char *body, size_t len)
+{
+    int ret;
+    json_t *doc = parse_body(c, body, len, &ret);
+    if (!doc) return ret;
+    const struct tame_params *p = serve_model_params(m);
+    json_t *jx = json_is_object(doc) ? json_object_get(doc, "x") : NULL;
+    const char *key;
+    json_t *v;
+    if (json_is_object(doc))
+        json_object_foreach(doc, key, v) if (strcmp(key, "x")) {
+            json_decref(doc);
+            return http_send_error(c, 400, "INVALID", "unknown field '%s'", key);
+        }
+    if (!json_is_array(jx) || json_array_size(jx) == 0) {
+        json_decref(doc);
+        return http_send_error(c, 400, "INVALID", "expected {\"x\": [[...], ...]} with at least one input");
+    }
+    size_t n = json_array_size(jx);
+    float *x = malloc(n * (size_t)p->input_dim * sizeof(float));
+    struct tame_prediction *out = malloc(n * sizeof(*out));
+    float *probs = malloc(n * (size_t)p->classes * sizeof(float));
+    char msg[256];
+    if (!x || !out || !probs) {
+        ret = http_send_error(c, 503, "NOMEM", "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char where[48];
+        snprintf(where, sizeof(where), "input %zu", i);
+        if (read_vector(h, json_array_get(jx, i), p->input_dim, x + i * (size_t)p->input_dim, where, msg,
+                        sizeof(msg)) < 0) {
+            ret = http_send_error(c, 400, "INVALID", "%s", msg);
+            goto done;
+        }
+    }
+    struct serve_view *view = serve_view_get(m);
+    if (!view->snap) {
+        serve_view_put(view);
+        ret = http_send_error(c, 409, "NOT_TRAINED", "model '%s' has not trained a batch yet", serve_model_name(m));
+        goto done;
+    }
+    struct tame_predict_work *w = NULL;
+    int rc = tame_predict_work_new(view->snap, n < 256 ? (int)n : 256, &w);
+    if (rc == 0) rc = tame_snapshot_predict(view->snap, w, x, (int)n, -1, out, probs);
+    tame_predict_work_free(w);
+    serve_view_put(view);
+    if (rc < 0) {
+        ret = send_model_error(c, rc, serve_model_name(m));
+        goto done;
+    }
+    json_t *preds = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *pr = json_array();
+        for (int j = 0; j < p->classes; j++) {
+            float pv = probs[i * (size_t)p->classes + j];
+            if (!isfinite(pv)) { /* json_real(NaN) is NULL: answer an explicit error */
+                json_decref(pr);
+                json_decref(preds);
+                ret = http_send_error(c, 500, "NONFINITE", "prediction %zu is not finite", i);
+                goto done;
+            }
+            json_array_append_new(pr, json_real(pv));
+        }
+        json_array_append_new(preds, json_pack("{s:i,s:o,s:i,s:f}", "label", out[i].label, "probabilities", pr,
+                                               "expert", out[i].expert, "confidence", out[i].confidence));
+    }
+    serve_count_predictions(m, n);
+    ret = http_send_json(c, 200, json_pack("{s:o}", "predictions", preds));
+done:
+    json_decref(doc);
+    free(x);
+    free(out);
+    free(probs);
+    return ret;
+}
+
+static bool parse_u64(const char *s, uint64_t *v)
+{
+    if (!s || !*s) return false;
+    char *end;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (*end || s[0] == '-') return false;
+    *v = x;
+    return true;
+}
+
+static int handle_events(struct MHD_Connection *c, struct serve_model *m)
+{
+    uint64_t from = 0, limit = 100;
+    const char *sf = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "from");
+    const char *sl = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
+    if (sf && !parse_u64(sf, &from)) return http_send_error(c, 400, "INVALID", "from: a non-negative integer");
+    if (sl && (!parse_u64(sl, &limit) || limit < 1 || limit > 1000))
+        return http_send_error(c, 400, "INVALID", "limit: an integer in 1..1000");
+    struct tame_event *ev;
+    size_t n;
+    uint64_t next;
+    if (serve_events(m, from, (int)limit, &ev, &n, &next) < 0) return http_send_error(c, 503, "NOMEM", "out of memory");
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *losses = json_array();
+        for (int k = 0; k < ev[i].n_losses; k++) json_array_append_new(losses, json_real(ev[i].losses[k]));
+        json_array_append_new(arr, json_pack("{s:I,s:I,s:s,s:i,s:i,s:f,s:f,s:o,s:f,s:f,s:i}", "seq",
+                                             (json_int_t)ev[i].seq, "batch", (json_int_t)ev[i].batch, "kind",
+                                             tame_event_kind_name(ev[i].kind), "from", ev[i].from, "to", ev[i].to,
+                                             "stat", ev[i].stat, "threshold", ev[i].threshold, "losses", losses,
+                                             "k_sigma", ev[i].k_sigma, "k_warn", ev[i].k_warn, "min_batches",
+                                             ev[i].min_batches));
+    }
+    free(ev);
+    json_t *jnext = next == UINT64_MAX ? json_null() : json_integer((json_int_t)next);
+    return http_send_json(c, 200, json_pack("{s:o,s:o}", "events", arr, "next", jnext));
+}
+
+/* ---- metrics ---- */
+
+struct text {
+    char *s;
+    size_t len, cap;
+};
+
+static void tprintf(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tprintf(struct text *t, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = t->s ? vsnprintf(t->s + t->len, t->cap - t->len, fmt, ap) : -1;
+        va_end(ap);
+        if (n >= 0 && t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap ? 2 * t->cap : 16384;
+        if (n >= 0) while (cap < t->len + (size_t)n + 1) cap *= 2;
+        char *ns = realloc(t->s, cap);
+        if (!ns) return;
+        t->s = ns;
+        t->cap = cap;
+    }
+}
+
+static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
+{
+    struct text t = {0};
+    tprintf(&t, "# HELP tame_build_info Build information.\n# TYPE tame_build_info gauge\n");
+    tprintf(&t, "tame_build_info{version=\"%s\"} 1\n", TAMED_VERSION);
+    pthread_mutex_lock(&h->metrics_mu);
+    tprintf(&t, "# HELP tame_http_requests_total HTTP requests by endpoint and status class.\n"
+                "# TYPE tame_http_requests_total counter\n");
+    for (int e = 0; e < HTTP_EP_COUNT; e++)
+        for (int k = 1; k <= 5; k++)
+            if (h->requests[e][k])
+                tprintf(&t, "tame_http_requests_total{endpoint=\"%s\",code=\"%dxx\"} %llu\n", http_endpoint_name(e), k,
+                        (unsigned long long)h->requests[e][k]);
+    tprintf(&t, "# HELP tame_http_request_duration_seconds Request durations.\n"
+                "# TYPE tame_http_request_duration_seconds histogram\n");
+    for (int e = 0; e < HTTP_EP_COUNT; e++) {
+        if (!h->duration_count[e]) continue;
+        for (int b = 0; b < HTTP_BUCKETS; b++)
+            tprintf(&t, "tame_http_request_duration_seconds_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n",
+                    http_endpoint_name(e), http_bucket_le[b], (unsigned long long)h->duration_bucket[e][b]);
+        tprintf(&t, "tame_http_request_duration_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n",
+                http_endpoint_name(e), (unsigned long long)h->duration_count[e]);
+        tprintf(&t, "tame_http_request_duration_seconds_sum{endpoint=\"%s\"} %.6f\n", http_endpoint_name(e),
+                h->duration_sum[e]);
+        tprintf(&t, "tame_http_request_duration_seconds_count{endpoint=\"%s\"} %llu\n", http_endpoint_name(e),
+                (unsigned long long)h->duration_count[e]);
+    }
+    pthread_mutex_unlock(&h->metrics_mu);
+
+    static const char *const gauges[][3] = {
+        {"tame_samples_ingested_total", "counter", "Samples acknowledged."},
+        {"tame_samples_trained_total", "counter", "Samples trained."},
+        {"tame_batches_trained_total", "counter", "Batches stepped."},
+        {"tame_predictions_total", "counter", "Rows predicted."},
+        {"tame_experts", "gauge", "Experts of the model."},
+        {"tame_detections_total", "counter", "Shift detections."},
+        {"tame_reuses_total", "counter", "Switches back to an existing expert."},
+        {"tame_spawns_total", "counter", "Experts created."},
+        {"tame_selector_retrains_total", "counter", "Selectors installed."},
+        {"tame_queue_depth", "gauge", "Samples waiting for a learner worker."},
+        {"tame_nonfinite_skips_total", "counter", "Batches and updates refused as non-finite."},
+        {"tame_loss", "gauge", "Loss of the active expert on the last batch."},
+        {"tame_statistic", "gauge", "Smoothed loss S_all of the active expert."},
+        {"tame_threshold", "gauge", "Threshold of the active expert."},
+        {"tame_selector_buffer_fill", "gauge", "Samples in the selector buffer."},
+    };
+    enum { N_G = sizeof(gauges) / sizeof(gauges[0]) };
+    char **names;
+    int n = 0;
+    if (serve_names(h->serve, &names, &n) < 0) names = NULL, n = 0;
+    double vals[64][N_G];
+    int shown = 0;
+    char shown_names[64][SERVE_NAME_MAX + 1];
+    for (int i = 0; i < n && shown < 64; i++) {
+        struct serve_model *m = serve_get(h->serve, names[i]);
+        if (!m) continue;
+        struct serve_view *v = serve_view_get(m);
+        struct serve_counters cn;
+        serve_counters(m, &cn);
+        struct tame_event *ev;
+        size_t ne;
+        uint64_t next;
+        double det = 0, reu = 0, spa = 0, sel = 0;
+        if (serve_events(m, 0, 1 << 30, &ev, &ne, &next) == 0) {
+            for (size_t k = 0; k < ne; k++) {
+                det += ev[k].kind == TAME_EV_DETECT;
+                reu += ev[k].kind == TAME_EV_REUSE;
+                spa += ev[k].kind == TAME_EV_SPAWN;
+                sel += ev[k].kind == TAME_EV_SELECTOR;
+            }
+            free(ev);
+        }
+        const struct tame_expert_info *a = v->info.active >= 0 ? &v->experts[v->info.active] : NULL;
+        double row[N_G] = {(double)cn.acknowledged, (double)v->info.samples_trained, (double)v->info.batches,
+                           (double)cn.predictions, v->n_experts, det, reu, spa, sel, (double)cn.queued,
+                           (double)(v->info.nonfinite_batches + v->info.nonfinite_updates), a ? a->loss : NAN,
+                           a ? a->s_all : NAN, a ? a->threshold : NAN, v->info.selector_fill};
+        memcpy(vals[shown], row, sizeof(row));
+        snprintf(shown_names[shown], sizeof(shown_names[shown]), "%s", names[i]);
+        shown++;
+        serve_view_put(v);
+        serve_put(m);
+    }
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+    for (int g = 0; g < N_G; g++) {
+        tprintf(&t, "# HELP %s %s\n# TYPE %s %s\n", gauges[g][0], gauges[g][2], gauges[g][0], gauges[g][1]);
+        for (int i = 0; i < shown; i++) {
+            if (isnan(vals[i][g])) continue;
+            tprintf(&t, "%s{model=\"%s\"} %.17g\n", gauges[g][0], shown_names[i], vals[i][g]);
+        }
+    }
+    if (!t.s) return http_send_error(c, 503, "NOMEM", "out of memory");
+    return http_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", t.s, t.len, NULL, NULL);
+}
+
+/* ---- routing ---- */
+
+static int dispatch(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
+                    const char *body, size_t len, enum http_endpoint *ep)
+{
+    bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
+    if (!strcmp(url, "/livez")) {
+        *ep = HTTP_EP_LIVEZ;
+        if (!get) return http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+        return http_send_json(c, 200, json_pack("{s:s}", "status", "ok"));
+    }
+    if (!strcmp(url, "/readyz")) {
+        *ep = HTTP_EP_READYZ;
+        if (!get) return http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+        if (!atomic_load(&h->ready))
+            return http_send_error_ex(c, 503, "NOT_READY", "1", NULL, "shutting down");
+        return http_send_json(c, 200, json_pack("{s:s}", "status", "ready"));
+    }
+    if (!strcmp(url, "/metrics")) {
+        *ep = HTTP_EP_METRICS;
+        if (!get) return http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+        return handle_metrics(h, c);
+    }
+    if (!strcmp(url, "/v1/models") || !strcmp(url, "/v1/models/")) {
+        *ep = HTTP_EP_MODELS;
+        if (get) return handle_list(h, c);
+        if (post) return handle_create(h, c, body, len);
+        return http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET or POST");
+    }
+    if (strncmp(url, "/v1/models/", 11) != 0) return http_send_error(c, 404, "NOT_FOUND", "no route %s", url);
+    char name[SERVE_NAME_MAX + 2];
+    const char *rest = url + 11, *slash = strchr(rest, '/');
+    size_t nl = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (nl == 0 || nl > SERVE_NAME_MAX) return http_send_error(c, 404, "NOT_FOUND", "no route %s", url);
+    memcpy(name, rest, nl);
+    name[nl] = 0;
+    const char *action = slash ? slash + 1 : "";
+    *ep = !*action                       ? HTTP_EP_MODEL
+          : !strcmp(action, "samples")   ? HTTP_EP_SAMPLES
+          : !strcmp(action, "predict")   ? HTTP_EP_PREDICT
+          : !strcmp(action, "events")    ? HTTP_EP_EVENTS
+          : !strcmp(action, "flush")     ? HTTP_EP_FLUSH
+                                         : HTTP_EP_OTHER;
+    if (*ep == HTTP_EP_OTHER) return http_send_error(c, 404, "NOT_FOUND", "no route %s", url);
+    if (*ep == HTTP_EP_MODEL && del) {
+        int rc = serve_delete(h->serve, name);
+        if (rc < 0) return send_model_error(c, rc, name);
+        TAME_LOG(TAME_LOG_INFO, "model deleted", "model=%s", name);
+        return http_send_json(c, 200, json_pack("{s:s}", "deleted", name));
+    }
+    struct serve_model *m = serve_get(h->serve, name);
+    if (!m) return http_send_error(c, 404, "NOT_FOUND", "no model named '%s'", name);
+    int ret;
+    switch (*ep) {
+    case HTTP_EP_MODEL:
+        ret = get ? http_send_json(c, 200, model_json(m)) : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET or DELETE");
+        break;
+    case HTTP_EP_SAMPLES:
+        ret = post ? handle_samples(h, c, m, body, len) : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use POST");
+        break;
+    case HTTP_EP_PREDICT:
+        ret = post ? handle_predict(h, c, m, body, len) : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use POST");
+        break;
+    case HTTP_EP_EVENTS:
+        ret = get ? handle_events(c, m) : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+        break;
+    default: /* flush */
+        if (post) serve_flush(m);
+        ret = post ? http_send_json(c, 200, json_pack("{s:b}", "flushed", 1))
+                   : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use POST");
+        break;
+    }
+    serve_put(m);
+    return ret;
+}
+
+int http_route(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
+               const char *body, size_t len, double t0)
+{
+    enum http_endpoint ep = HTTP_EP_OTHER;
+    /* The status is read back from MHD's point of view: dispatch records
+     * nothing itself, so measure around it. */
+    int ret = dispatch(h, c, url, method, body, len, &ep);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_HTTP_STATUS);
+    int status = ci ? (int)ci->http_status : 0;
+    http_metrics_request(h, ep, status, tame_now_s() - t0);
+    return ret;
+}

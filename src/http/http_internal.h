@@ -1,0 +1,52 @@
+/* http_internal.h: shared by the files of src/http/ only. */
+#ifndef TAME_HTTP_INTERNAL_H
+#define TAME_HTTP_INTERNAL_H
+
+#include "http.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+enum http_endpoint {
+    HTTP_EP_LIVEZ, HTTP_EP_READYZ, HTTP_EP_METRICS, HTTP_EP_MODELS, HTTP_EP_MODEL,
+    HTTP_EP_SAMPLES, HTTP_EP_PREDICT, HTTP_EP_EVENTS, HTTP_EP_FLUSH, HTTP_EP_OTHER,
+    HTTP_EP_COUNT
+};
+const char *http_endpoint_name(enum http_endpoint e);
+
+/* Request-duration histogram buckets, seconds. */
+#define HTTP_BUCKETS 10
+extern const double http_bucket_le[HTTP_BUCKETS];
+
+struct http_server {
+    struct http_config cfg;
+    struct serve *serve;
+    struct MHD_Daemon *daemon;
+    int port;
+    int listen_fd;              /* returned by quiesce, closed at stop */
+    bool quiesced;
+    atomic_bool ready;
+    pthread_mutex_t metrics_mu; /* guards the counters below */
+    uint64_t requests[HTTP_EP_COUNT][6];             /* by status class 1xx..5xx, [0] unused */
+    uint64_t duration_bucket[HTTP_EP_COUNT][HTTP_BUCKETS];
+    uint64_t duration_count[HTTP_EP_COUNT];
+    double duration_sum[HTTP_EP_COUNT];
+    uint64_t bad_requests;
+};
+
+int http_route(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
+               const char *body, size_t len, double t0);
+void http_metrics_request(struct http_server *h, enum http_endpoint ep, int status, double seconds);
+
+int http_send(struct MHD_Connection *c, int status, const char *type, char *body, size_t len,
+              const char *retry_after, const char *www_auth);
+/* Takes the reference to doc. */
+int http_send_json(struct MHD_Connection *c, int status, json_t *doc);
+int http_send_error_ex(struct MHD_Connection *c, int status, const char *code, const char *retry_after,
+                       const char *www_auth, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+#define http_send_error(c, status, code, ...) \
+    http_send_error_ex((c), (status), (code), NULL, NULL, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,218 @@
+/* server.c: libmicrohttpd plumbing: connection limits, bodies accumulated
+ * under a cap (never MHD_PostProcessor), bearer auth, JSON errors, routing
+ * to the handlers of api.c, request metrics. */
+#include "http_internal.h"
+
+#include "tame/log.h"
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct request {
+    char *body;
+    size_t len, cap;
+    bool too_large;
+    double t0;
+};
+
+static const char *const endpoint_names[] = {"livez", "readyz", "metrics", "models", "model",
+                                             "samples", "predict", "events", "flush", "other"};
+
+const char *http_endpoint_name(enum http_endpoint e) { return endpoint_names[e]; }
+
+int http_send(struct MHD_Connection *c, int status, const char *type, char *body, size_t len,
+              const char *retry_after, const char *www_auth)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", type);
+    if (retry_after) MHD_add_response_header(r, "Retry-After", retry_after);
+    if (www_auth) MHD_add_response_header(r, "WWW-Authenticate", www_auth);
+    int ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+int http_send_json(struct MHD_Connection *c, int status, json_t *doc)
+{
+    /* Nine significant digits round-trip a float exactly, without the
+     * noise of printing it as a double. */
+    char *s = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(doc);
+    if (!s) return http_send_error(c, 503, "NOMEM", "out of memory");
+    return http_send(c, status, "application/json", s, strlen(s), NULL, NULL);
+}
+
+int http_send_error_ex(struct MHD_Connection *c, int status, const char *code, const char *retry_after,
+                       const char *www_auth, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+    char *s = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    if (!s) return MHD_NO;
+    return http_send(c, status, "application/json", s, strlen(s), retry_after, www_auth);
+}
+
+/* Constant-time comparison: the time does not depend on where they differ. */
+static bool token_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char diff = (unsigned char)(la != lb);
+    for (size_t i = 0; i < la; i++) diff |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+    return diff == 0;
+}
+
+/* RFC 6750: 401 with WWW-Authenticate; invalid_token when one was given. */
+static int check_auth(struct http_server *h, struct MHD_Connection *c, bool *ok)
+{
+    *ok = true;
+    if (!h->cfg.token) return MHD_YES;
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "access_token")) {
+        *ok = false;
+        return http_send_error_ex(c, 400, "INVALID_REQUEST", NULL,
+                                  "Bearer realm=\"tamed\", error=\"invalid_request\"",
+                                  "send the token in the Authorization header, not the URL");
+    }
+    if (!auth) {
+        *ok = false;
+        return http_send_error_ex(c, 401, "UNAUTHORIZED", NULL, "Bearer realm=\"tamed\"",
+                                  "missing bearer token");
+    }
+    if (strncmp(auth, "Bearer ", 7) != 0 || !token_equal(auth + 7, h->cfg.token)) {
+        *ok = false;
+        return http_send_error_ex(c, 401, "INVALID_TOKEN", NULL,
+                                  "Bearer realm=\"tamed\", error=\"invalid_token\"",
+                                  "invalid bearer token");
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
+{
+    struct http_server *h = cls;
+    struct request *req = *con_cls;
+    if (!req) {
+        /* Headers only: decide early what can be decided before the body. */
+        req = calloc(1, sizeof(*req));
+        if (!req) return MHD_NO;
+        req->t0 = tame_now_s();
+        *con_cls = req;
+        bool open_route = !strcmp(url, "/livez") || !strcmp(url, "/readyz");
+        if (!open_route) {
+            bool ok;
+            int ret = check_auth(h, c, &ok);
+            if (!ok) return (enum MHD_Result)ret;
+        }
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > h->cfg.body_max_bytes) {
+            http_metrics_request(h, HTTP_EP_OTHER, 413, 0);
+            return (enum MHD_Result)http_send_error(c, 413, "LIMIT",
+                                                    "body of %s bytes exceeds the limit of %zu bytes",
+                                                    cl, h->cfg.body_max_bytes);
+        }
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        /* Count every byte, chunked or not; keep none past the cap. */
+        if (!req->too_large && req->len + *upload_size > h->cfg.body_max_bytes) req->too_large = true;
+        if (!req->too_large) {
+            if (req->len + *upload_size > req->cap) {
+                size_t cap = req->cap ? req->cap : 4096;
+                while (cap < req->len + *upload_size) cap *= 2;
+                if (cap > h->cfg.body_max_bytes) cap = h->cfg.body_max_bytes;
+                char *nb = realloc(req->body, cap);
+                if (!nb) return MHD_NO;
+                req->body = nb;
+                req->cap = cap;
+            }
+            memcpy(req->body + req->len, upload_data, *upload_size);
+            req->len += *upload_size;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (req->too_large)
+        return (enum MHD_Result)http_send_error(c, 413, "LIMIT", "body exceeds the limit of %zu bytes",
+                                                h->cfg.body_max_bytes);
+    (void)version;
+    return (enum MHD_Result)http_route(h, c, url, method, req->body, req->len, req->t0);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls, (void)c, (void)toe;
+    struct request *req = *con_cls;
+    if (!req) return;
+    free(req->body);
+    free(req);
+    *con_cls = NULL;
+}
+
+int http_start(const struct http_config *cfg, struct serve *s, struct http_server **ret)
+{
+    struct http_server *h = calloc(1, sizeof(*h));
+    if (!h) return TAME_E_NOMEM;
+    h->cfg = *cfg;
+    h->serve = s;
+    atomic_init(&h->ready, true);
+    pthread_mutex_init(&h->metrics_mu, NULL);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
+    if (inet_pton(AF_INET, cfg->listen_host, &addr.sin_addr) != 1) {
+        free(h);
+        return TAME_E_INVAL;
+    }
+    json_object_seed(0); /* before any thread parses: randomised hashing */
+    h->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC, 0, NULL, NULL,
+        on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_max,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, h, MHD_OPTION_END);
+    if (!h->daemon) {
+        pthread_mutex_destroy(&h->metrics_mu);
+        free(h);
+        return TAME_E_IO;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : cfg->port;
+    *ret = h;
+    return 0;
+}
+
+int http_port(const struct http_server *h) { return h->port; }
+
+void http_set_ready(struct http_server *h, bool ready) { atomic_store(&h->ready, ready); }
+
+void http_quiesce(struct http_server *h)
+{
+    if (!h->quiesced) {
+        h->listen_fd = MHD_quiesce_daemon(h->daemon);
+        h->quiesced = true;
+    }
+}
+
+void http_stop(struct http_server *h)
+{
+    if (!h) return;
+    MHD_stop_daemon(h->daemon);
+    if (h->quiesced && h->listen_fd >= 0) close(h->listen_fd);
+    pthread_mutex_destroy(&h->metrics_mu);
+    free(h);
+}
