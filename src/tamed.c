@@ -259,8 +259,26 @@ int main(int argc, char **argv)
     TAME_LOG(TAME_LOG_INFO, "stopping", "signal=%d", (int)stop_signal);
     http_set_ready(hs, false);
     http_quiesce(hs);
-    http_stop(hs);          /* finishes in-flight requests */
+    http_drain(hs, 5.0);    /* in-flight requests finish, responses go out */
+    http_stop(hs);
     serve_stop(sv, true);   /* trains every queued sample */
+    char **names;
+    int n_names;
+    if (serve_names(sv, &names, &n_names) == 0) {
+        for (int i = 0; i < n_names; i++) {
+            struct serve_model *m = serve_get(sv, names[i]);
+            struct serve_counters c;
+            serve_counters(m, &c);
+            struct serve_view *v = serve_view_get(m);
+            TAME_LOG(TAME_LOG_INFO, "model drained", "model=%s acknowledged=%llu trained=%llu queued=%llu",
+                     names[i], (unsigned long long)c.acknowledged,
+                     (unsigned long long)v->info.samples_trained, (unsigned long long)c.queued);
+            serve_view_put(v);
+            serve_put(m);
+            free(names[i]);
+        }
+        free(names);
+    }
     serve_free(sv);
     TAME_LOG(TAME_LOG_INFO, "stopped", "%s", "");
     return 0;

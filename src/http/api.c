@@ -367,8 +367,9 @@ static int handle_predict(struct http_server *h, struct MHD_Connection *c, struc
     json_t *v;
     if (json_is_object(doc))
         json_object_foreach(doc, key, v) if (strcmp(key, "x")) {
+            ret = http_send_error(c, 400, "INVALID", "unknown field '%s'", key); /* key lives in doc */
             json_decref(doc);
-            return http_send_error(c, 400, "INVALID", "unknown field '%s'", key);
+            return ret;
         }
     if (!json_is_array(jx) || json_array_size(jx) == 0) {
         json_decref(doc);

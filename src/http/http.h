@@ -27,6 +27,8 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
 int http_port(const struct http_server *h);
 /* Stop accepting new connections; in-flight requests finish. */
 void http_quiesce(struct http_server *h);
+/* After quiesce: wait until open connections are done, at most timeout_s. */
+void http_drain(struct http_server *h, double timeout_s);
 /* Mark not ready (shutting down): /readyz answers 503. */
 void http_set_ready(struct http_server *h, bool ready);
 void http_stop(struct http_server *h);

@@ -208,6 +208,18 @@ void http_quiesce(struct http_server *h)
     }
 }
 
+void http_drain(struct http_server *h, double timeout_s)
+{
+    /* In-flight requests finish and their responses go out; connections
+     * a client keeps open idle are cut at the timeout. */
+    double until = tame_now_s() + timeout_s;
+    while (tame_now_s() < until) {
+        const union MHD_DaemonInfo *i = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (!i || i->num_connections == 0) return;
+        usleep(10000);
+    }
+}
+
 void http_stop(struct http_server *h)
 {
     if (!h) return;

@@ -44,6 +44,14 @@ void tame_reservoir_free(struct tame_reservoir *r)
 
 int tame_reservoir_size(const struct tame_reservoir *r) { return r->capacity - r->n_free; }
 
+int tame_reservoir_tag_count(const struct tame_reservoir *r, int tag)
+{
+    int n = 0;
+    for (int b = 0; b < r->n_buckets; b++)
+        if (r->buckets[b].tag == tag) n += r->buckets[b].count;
+    return n;
+}
+
 int tame_reservoir_quota(const struct tame_reservoir *r)
 {
     return r->n_buckets ? r->capacity / r->n_buckets : r->capacity;

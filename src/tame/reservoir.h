@@ -48,6 +48,8 @@ bool tame_reservoir_has_bucket(const struct tame_reservoir *r, int y, int tag);
  * TAME_E_NOMEM leaves the reservoir as it was. */
 int tame_reservoir_offer(struct tame_reservoir *r, const float *x, int y, int tag, double key);
 int tame_reservoir_size(const struct tame_reservoir *r);
+/* Samples kept under `tag`. */
+int tame_reservoir_tag_count(const struct tame_reservoir *r, int tag);
 int tame_reservoir_quota(const struct tame_reservoir *r);
 /* Copy the kept samples, in slot order, into x[size x dim], y, tag (each may
  * be NULL). */

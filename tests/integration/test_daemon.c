@@ -1,0 +1,630 @@
+/* test_daemon.c: the real tamed on an ephemeral loopback port, spoken to
+ * over HTTP with libcurl: a three-task stream learned, routed and predicted
+ * while it trains; a table of bad requests that change nothing; metrics
+ * that count what was sent; bearer auth; SIGTERM during ingest. */
+#include "check_run.h"
+#include "synth.h"
+
+#include <check.h>
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+static const char *tamed_bin;
+
+struct daemon {
+    pid_t pid;
+    int port;
+    char log_path[256];
+};
+
+static char token_path[256];
+
+/* Start tamed on 127.0.0.1:0 and read its port from the "listening" line. */
+static void daemon_start(struct daemon *d, const char *const *extra)
+{
+    snprintf(d->log_path, sizeof(d->log_path), "/tmp/tamed-test-%d-%ld.log", getpid(), random());
+    const char *argv[32] = {tamed_bin, "--listen", "127.0.0.1:0", "--workers", "2"};
+    int argc = 5;
+    for (int i = 0; extra && extra[i]; i++) argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, d->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_eq(posix_spawn(&d->pid, tamed_bin, &fa, NULL, (char *const *)argv, environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    d->port = 0;
+    for (int tries = 0; tries < 500 && !d->port; tries++) {
+        usleep(10000);
+        FILE *f = fopen(d->log_path, "r");
+        char line[512];
+        while (f && fgets(line, sizeof(line), f)) {
+            char *a = strstr(line, "msg=\"listening\" addr=127.0.0.1:");
+            if (a) d->port = atoi(a + strlen("msg=\"listening\" addr=127.0.0.1:"));
+        }
+        if (f) fclose(f);
+    }
+    ck_assert_msg(d->port > 0, "tamed did not start (see %s)", d->log_path);
+}
+
+/* SIGTERM and wait; returns the exit status (or 128+signal). */
+static int daemon_stop(struct daemon *d)
+{
+    kill(d->pid, SIGTERM);
+    int st;
+    ck_assert_int_eq(waitpid(d->pid, &st, 0), d->pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+struct buf {
+    char *p;
+    size_t n;
+};
+
+static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    struct buf *b = ud;
+    size_t add = size * nmemb;
+    b->p = realloc(b->p, b->n + add + 1);
+    memcpy(b->p + b->n, ptr, add);
+    b->n += add;
+    b->p[b->n] = 0;
+    return add;
+}
+
+struct reply {
+    long status;
+    char *body;          /* NUL-terminated */
+    char www_auth[256];
+    char retry_after[32];
+};
+
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    struct reply *r = ud;
+    size_t n = size * nmemb;
+    if (n > 18 && !strncasecmp(ptr, "WWW-Authenticate: ", 18))
+        snprintf(r->www_auth, sizeof(r->www_auth), "%.*s", (int)(n - 18 - 2), ptr + 18);
+    if (n > 13 && !strncasecmp(ptr, "Retry-After: ", 13))
+        snprintf(r->retry_after, sizeof(r->retry_after), "%.*s", (int)(n - 13 - 2), ptr + 13);
+    return n;
+}
+
+/* One request; content_type NULL = none; token NULL = none. */
+static struct reply request(int port, const char *method, const char *path, const char *ctype,
+                            const char *body, size_t body_len, const char *token)
+{
+    CURL *c = curl_easy_init();
+    char url[512];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+    struct buf b = {0};
+    struct reply r = {0};
+    struct curl_slist *hdr = NULL;
+    char h1[128], h2[600];
+    if (ctype) snprintf(h1, sizeof(h1), "Content-Type: %s", ctype), hdr = curl_slist_append(hdr, h1);
+    else hdr = curl_slist_append(hdr, "Content-Type:");
+    if (token) snprintf(h2, sizeof(h2), "Authorization: %s", token), hdr = curl_slist_append(hdr, h2);
+    hdr = curl_slist_append(hdr, "Expect:");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
+    }
+    CURLcode rc = curl_easy_perform(c);
+    ck_assert_msg(rc == CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(hdr);
+    curl_easy_cleanup(c);
+    r.body = b.p ? b.p : strdup("");
+    return r;
+}
+
+static struct reply call(int port, const char *method, const char *path, const char *json)
+{
+    return request(port, method, path, json ? "application/json" : NULL, json, json ? strlen(json) : 0, NULL);
+}
+
+static json_t *call_json(int port, const char *method, const char *path, const char *json, long want)
+{
+    struct reply r = call(port, method, path, json);
+    ck_assert_msg(r.status == want, "%s %s: status %ld, want %ld: %s", method, path, r.status, want, r.body);
+    json_error_t e;
+    json_t *doc = json_loads(r.body, 0, &e);
+    ck_assert_msg(doc != NULL, "%s %s: not JSON: %s", method, path, r.body);
+    free(r.body);
+    return doc;
+}
+
+static double jnum(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    ck_assert_msg(json_is_number(v), "no number %s", key);
+    return json_number_value(v);
+}
+
+static const char *model_spec =
+    "{\"name\":\"m\",\"input_dim\":16,\"classes\":8,\"batch_size\":32,\"hidden\":[32,32],"
+    "\"selector_capacity\":1000,\"expert_capacity\":200,\"selector_epochs\":20,"
+    "\"finetune_epochs\":5,\"expert_sparsity\":0.8,\"selector_every\":50}";
+
+/* A samples request body of n samples of `task`, row or column form. */
+static char *samples_body(struct tame_rng *r, int task, int n, bool columns)
+{
+    float x[512 * SYNTH_DIM];
+    int y[512];
+    synth_batch(r, task, 2, true, x, y, n);
+    json_t *doc = json_object();
+    if (columns) {
+        json_t *xs = json_array(), *ys = json_array();
+        for (int i = 0; i < n; i++) {
+            json_t *row = json_array();
+            for (int j = 0; j < SYNTH_DIM; j++) json_array_append_new(row, json_real(x[i * SYNTH_DIM + j]));
+            json_array_append_new(xs, row);
+            json_array_append_new(ys, json_integer(y[i]));
+        }
+        json_object_set_new(doc, "x", xs);
+        json_object_set_new(doc, "y", ys);
+    } else {
+        json_t *rows = json_array();
+        for (int i = 0; i < n; i++) {
+            json_t *row = json_array();
+            for (int j = 0; j < SYNTH_DIM; j++) json_array_append_new(row, json_real(x[i * SYNTH_DIM + j]));
+            json_array_append_new(rows, json_pack("{s:o,s:i}", "x", row, "y", y[i]));
+        }
+        json_object_set_new(doc, "samples", rows);
+    }
+    char *s = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    return s;
+}
+
+struct prober {
+    int port;
+    volatile bool stop;
+    int ok, not_trained, failed;
+};
+
+static void *probe_predictions(void *arg)
+{
+    struct prober *p = arg;
+    const char *body = "{\"x\":[[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]]}";
+    while (!p->stop) {
+        struct reply r = call(p->port, "POST", "/v1/models/m/predict", body);
+        json_t *doc = json_loads(r.body, 0, NULL);
+        if (r.status == 200 && doc && json_array_size(json_object_get(doc, "predictions")) == 2) p->ok++;
+        else if (r.status == 409) p->not_trained++;
+        else p->failed++;
+        json_decref(doc);
+        free(r.body);
+    }
+    return NULL;
+}
+
+START_TEST(three_task_stream_is_learned_routed_and_predicted_while_training)
+{
+    struct daemon d;
+    daemon_start(&d, NULL);
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct prober pr = {.port = d.port};
+    pthread_t th;
+    pthread_create(&th, NULL, probe_predictions, &pr);
+    struct tame_rng r;
+    tame_rng_seed(&r, 42);
+    long sent = 0;
+    for (int t = 0; t < 3; t++)
+        for (int k = 0; k < 75; k++) { /* 75 requests x 128 = 300 batches of 32 */
+            char *body = samples_body(&r, t, 128, k % 2);
+            json_t *ack = call_json(d.port, "POST", "/v1/models/m/samples", body, 200);
+            free(body);
+            sent += 128;
+            ck_assert_int_eq((long)jnum(ack, "accepted"), 128);
+            ck_assert_int_eq((long)jnum(ack, "samples_acknowledged"), sent);
+            json_decref(ack);
+        }
+    json_decref(call_json(d.port, "POST", "/v1/models/m/flush", "{}", 200));
+    /* Wait for training to catch up and the selector for 3 experts. */
+    json_t *m = NULL;
+    for (int tries = 0; tries < 600; tries++) {
+        json_decref(m);
+        m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+        json_t *sel = json_object_get(m, "selector");
+        if (jnum(m, "samples_trained") == sent && jnum(sel, "experts") == 3 &&
+            !json_is_true(json_object_get(sel, "due")))
+            break;
+        usleep(100000);
+    }
+    pr.stop = true;
+    pthread_join(th, NULL);
+    ck_assert_int_eq((long)jnum(m, "samples_acknowledged"), sent);
+    ck_assert_int_eq((long)jnum(m, "samples_trained"), sent);
+    ck_assert_int_eq((int)jnum(m, "n_experts"), 3);
+    ck_assert_int_eq((int)jnum(json_object_get(m, "selector"), "experts"), 3);
+    json_decref(m);
+    /* Predictions issued while training all succeeded. */
+    ck_assert_int_gt(pr.ok, 10);
+    ck_assert_int_eq(pr.failed, 0);
+    /* The events show the two shifts and three spawns, paged. */
+    int detects = 0, spawns = 0, seen = 0;
+    char path[128] = "/v1/models/m/events?limit=2";
+    for (;;) {
+        json_t *ev = call_json(d.port, "GET", path, NULL, 200);
+        json_t *e;
+        size_t i;
+        json_array_foreach(json_object_get(ev, "events"), i, e) {
+            ck_assert_int_eq((int)jnum(e, "seq"), seen++);
+            const char *kind = json_string_value(json_object_get(e, "kind"));
+            detects += !strcmp(kind, "detect");
+            spawns += !strcmp(kind, "spawn");
+        }
+        json_t *next = json_object_get(ev, "next");
+        bool more = json_is_integer(next);
+        if (more) snprintf(path, sizeof(path), "/v1/models/m/events?limit=2&from=%lld", json_integer_value(next));
+        json_decref(ev);
+        if (!more) break;
+    }
+    ck_assert_int_eq(detects, 2);
+    ck_assert_int_eq(spawns, 3);
+    /* Routed, correct predictions on fresh samples of each task. */
+    int routed = 0, right = 0, total = 0;
+    for (int t = 0; t < 3; t++) {
+        float x[100 * SYNTH_DIM];
+        int y[100];
+        synth_batch(&r, t, 2, true, x, y, 100);
+        json_t *xs = json_array();
+        for (int i = 0; i < 100; i++) {
+            json_t *row = json_array();
+            for (int j = 0; j < SYNTH_DIM; j++) json_array_append_new(row, json_real(x[i * SYNTH_DIM + j]));
+            json_array_append_new(xs, row);
+        }
+        json_t *req = json_pack("{s:o}", "x", xs);
+        char *body = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        json_t *res = call_json(d.port, "POST", "/v1/models/m/predict", body, 200);
+        free(body);
+        json_t *p;
+        size_t i;
+        json_array_foreach(json_object_get(res, "predictions"), i, p) {
+            routed += (int)jnum(p, "expert") == t;
+            right += (int)jnum(p, "label") == y[i];
+            ck_assert_uint_eq(json_array_size(json_object_get(p, "probabilities")), 8);
+            total++;
+        }
+        json_decref(res);
+    }
+    ck_assert_int_eq(total, 300);
+    ck_assert_msg(routed >= 270, "routed %d of 300", routed);
+    ck_assert_msg(right >= 255, "right %d of 300", right);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
+struct bad {
+    const char *method, *path, *ctype, *body;
+    long status;
+};
+
+START_TEST(bad_requests_get_a_json_error_and_change_nothing)
+{
+    struct daemon d;
+    const char *extra[] = {"--body-max-bytes", "65536", "--input-dim-max", "64", NULL};
+    daemon_start(&d, extra);
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct tame_rng r;
+    tame_rng_seed(&r, 7);
+    char *good = samples_body(&r, 0, 32, false);
+    json_decref(call_json(d.port, "POST", "/v1/models/m/samples", good, 200));
+    free(good);
+    const char *J = "application/json";
+    const char *x15 = "[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]", *x16 = "[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]";
+    char b[64][512];
+    int nb = 0;
+#define S(...) (snprintf(b[nb], sizeof(b[nb]), __VA_ARGS__), b[nb++])
+    const struct bad cases[] = {
+        {"POST", "/v1/models/m/samples", J, "{", 400},
+        {"POST", "/v1/models/m/samples", J, "{\"samples\":[}", 400},
+        {"POST", "/v1/models/m/samples", J, "", 400},
+        {"POST", "/v1/models/m/samples", J, "[]", 400},
+        {"POST", "/v1/models/m/samples", J, "null", 400},
+        {"POST", "/v1/models/m/samples", J, "{} trailing", 400},
+        {"POST", "/v1/models/m/samples", J, "{}{}", 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0}],\"samples\":[]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0,\"y\":1}]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0}]}", x15), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":[NaN,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],\"y\":0}]}"), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":[Infinity,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],\"y\":0}]}"), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":[1e999,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],\"y\":0}]}"), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":[1e7,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],\"y\":0}]}"), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":[\"1\",0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],\"y\":0}]}"), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":8}]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":-1}]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":1.5}]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":\"1\"}]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s}]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0},{\"x\":%s,\"y\":0}]}", x16, x15), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0,\"z\":1}]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"x\":[%s],\"y\":[0,1]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, S("{\"x\":[%s],\"y\":[0],\"samples\":[]}", x16), 400},
+        {"POST", "/v1/models/m/samples", J, "{\"samples\":[]}", 400},
+        {"POST", "/v1/models/m/samples", J, "{\"samples\":\"all\"}", 400},
+        {"POST", "/v1/models/m/samples", J, "{\"samples\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}", 400},
+        {"POST", "/v1/models/m/samples", J, "{\"samples\":[{\"x\":[1],\"y\":0}],\"s\":\"\\u0000\"}", 400},
+        {"POST", "/v1/models/m/samples", "text/plain", S("{\"samples\":[{\"x\":%s,\"y\":0}]}", x16), 415},
+        {"POST", "/v1/models/m/samples", NULL, S("{\"samples\":[{\"x\":%s,\"y\":0}]}", x16), 415},
+        {"POST", "/v1/models/nope/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0}]}", x16), 404},
+        {"POST", "/v1/models/m/predict", J, "{\"x\":[]}", 400},
+        {"POST", "/v1/models/m/predict", J, S("{\"x\":[%s]}", x15), 400},
+        {"POST", "/v1/models/m/predict", J, S("{\"x\":%s}", x16), 400},
+        {"POST", "/v1/models/m/predict", J, S("{\"x\":[%s],\"k\":1}", x16), 400},
+        {"POST", "/v1/models", J, "{\"name\":\"m\",\"input_dim\":16,\"classes\":8}", 409},
+        {"POST", "/v1/models", J, "{\"name\":\"bad name\",\"input_dim\":16,\"classes\":8}", 400},
+        {"POST", "/v1/models", J, "{\"name\":\"n\",\"input_dim\":0,\"classes\":8}", 400},
+        {"POST", "/v1/models", J, "{\"name\":\"n\",\"input_dim\":65,\"classes\":8}", 400},
+        {"POST", "/v1/models", J, "{\"name\":\"n\",\"input_dim\":4,\"classes\":1}", 400},
+        {"POST", "/v1/models", J, "{\"name\":\"n\",\"input_dim\":4,\"classes\":2,\"lr\":-1}", 400},
+        {"POST", "/v1/models", J, "{\"name\":\"n\",\"input_dim\":4,\"classes\":2,\"bogus\":1}", 400},
+        {"POST", "/v1/models", J, "{\"name\":\"n\",\"input_dim\":4,\"classes\":2,\"hidden\":[0]}", 400},
+        {"POST", "/v1/models", J, "{\"name\":\"n\",\"input_dim\":4}", 400},
+        {"GET", "/v1/models/nope", NULL, NULL, 404},
+        {"DELETE", "/v1/models/nope", NULL, NULL, 404},
+        {"GET", "/v1/nothing", NULL, NULL, 404},
+        {"GET", "/v1/models/m/unknown", NULL, NULL, 404},
+        {"PUT", "/v1/models/m", J, "{}", 405},
+        {"GET", "/v1/models/m/samples", NULL, NULL, 405},
+        {"GET", "/v1/models/m/events?limit=0", NULL, NULL, 400},
+        {"GET", "/v1/models/m/events?from=-3", NULL, NULL, 400},
+    };
+#undef S
+    const size_t n_cases = sizeof(cases) / sizeof(cases[0]);
+    ck_assert_uint_ge(n_cases, 40);
+    json_t *before = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+    for (size_t i = 0; i < n_cases; i++) {
+        const struct bad *c = &cases[i];
+        struct reply rp = request(d.port, c->method, c->path, c->ctype, c->body, c->body ? strlen(c->body) : 0, NULL);
+        ck_assert_msg(rp.status == c->status, "case %zu (%s %s %s): status %ld, want %ld: %s", i, c->method, c->path,
+                      c->body ? c->body : "", rp.status, c->status, rp.body);
+        json_t *err = json_loads(rp.body, 0, NULL);
+        json_t *e = json_object_get(err, "error");
+        ck_assert_msg(json_is_string(json_object_get(e, "code")) && json_is_string(json_object_get(e, "message")),
+                      "case %zu: no JSON error: %s", i, rp.body);
+        json_decref(err);
+        free(rp.body);
+        struct reply live = call(d.port, "GET", "/livez", NULL);
+        ck_assert_int_eq(live.status, 200);
+        free(live.body);
+    }
+    /* Oversized bodies: by Content-Length and counted as they arrive. */
+    size_t big = 70000;
+    char *huge = malloc(big + 1);
+    memset(huge, ' ', big);
+    huge[big] = 0;
+    struct reply rp = request(d.port, "POST", "/v1/models/m/samples", J, huge, big, NULL);
+    ck_assert_int_eq(rp.status, 413);
+    free(rp.body);
+    free(huge);
+    /* The model is unchanged: same acknowledged count. */
+    json_t *after = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+    ck_assert_int_eq((long)jnum(after, "samples_acknowledged"), (long)jnum(before, "samples_acknowledged"));
+    ck_assert_int_eq((long)jnum(after, "samples_acknowledged"), 32);
+    json_decref(before);
+    json_decref(after);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
+/* Value of the sample line `name{labels}` in Prometheus text, or NAN. */
+static double metric(const char *text, const char *series)
+{
+    const char *p = text;
+    size_t n = strlen(series);
+    while ((p = strstr(p, series))) {
+        if ((p == text || p[-1] == '\n') && p[n] == ' ') return strtod(p + n + 1, NULL);
+        p += n;
+    }
+    return NAN;
+}
+
+START_TEST(metrics_parse_and_count_what_was_sent)
+{
+    struct daemon d;
+    daemon_start(&d, NULL);
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct tame_rng r;
+    tame_rng_seed(&r, 9);
+    for (int k = 0; k < 5; k++) {
+        char *body = samples_body(&r, 0, 64, k % 2);
+        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
+        free(body);
+    }
+    struct reply bad = call(d.port, "POST", "/v1/models/m/samples", "{");
+    ck_assert_int_eq(bad.status, 400);
+    free(bad.body);
+    json_decref(call_json(d.port, "POST", "/v1/models/m/flush", "{}", 200));
+    for (int tries = 0; tries < 200; tries++) {
+        json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+        bool done = jnum(m, "samples_trained") == 320;
+        json_decref(m);
+        if (done) break;
+        usleep(20000);
+    }
+    struct reply mt = call(d.port, "GET", "/metrics", NULL);
+    ck_assert_int_eq(mt.status, 200);
+    /* Every line is a comment or `name{labels} value`. */
+    char *save, *copy = strdup(mt.body);
+    int samples = 0;
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#') {
+            ck_assert(!strncmp(line, "# HELP tame_", 12) || !strncmp(line, "# TYPE tame_", 12));
+            continue;
+        }
+        ck_assert_msg(!strncmp(line, "tame_", 5), "bad line: %s", line);
+        char *sp = strrchr(line, ' ');
+        ck_assert_ptr_nonnull(sp);
+        char *end;
+        strtod(sp + 1, &end);
+        ck_assert_msg(*end == 0, "bad value: %s", line);
+        samples++;
+    }
+    free(copy);
+    ck_assert_int_gt(samples, 20);
+    ck_assert_double_eq(metric(mt.body, "tame_samples_ingested_total{model=\"m\"}"), 320);
+    ck_assert_double_eq(metric(mt.body, "tame_samples_trained_total{model=\"m\"}"), 320);
+    ck_assert_double_eq(metric(mt.body, "tame_batches_trained_total{model=\"m\"}"), 10);
+    ck_assert_double_eq(metric(mt.body, "tame_experts{model=\"m\"}"), 1);
+    ck_assert_double_eq(metric(mt.body, "tame_queue_depth{model=\"m\"}"), 0);
+    ck_assert_double_eq(metric(mt.body, "tame_http_requests_total{endpoint=\"samples\",code=\"2xx\"}"), 5);
+    ck_assert_double_eq(metric(mt.body, "tame_http_requests_total{endpoint=\"samples\",code=\"4xx\"}"), 1);
+    ck_assert_double_eq(metric(mt.body, "tame_http_request_duration_seconds_count{endpoint=\"samples\"}"), 6);
+    free(mt.body);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
+START_TEST(bearer_auth_follows_rfc_6750)
+{
+    const char *token = "s3cret-token-0123456789";
+    FILE *f = fopen(token_path, "w");
+    fprintf(f, "%s\n", token);
+    fclose(f);
+    struct daemon d;
+    const char *extra[] = {"--token-file", token_path, NULL};
+    daemon_start(&d, extra);
+    char good[128];
+    snprintf(good, sizeof(good), "Bearer %s", token);
+    struct reply r = request(d.port, "GET", "/v1/models", NULL, NULL, 0, NULL);
+    ck_assert_int_eq(r.status, 401);
+    ck_assert_str_eq(r.www_auth, "Bearer realm=\"tamed\"");
+    free(r.body);
+    r = request(d.port, "GET", "/v1/models", NULL, NULL, 0, "Bearer wrong-token-0123456789");
+    ck_assert_int_eq(r.status, 401);
+    ck_assert_ptr_nonnull(strstr(r.www_auth, "error=\"invalid_token\""));
+    free(r.body);
+    r = request(d.port, "GET", "/v1/models?access_token=s3cret-token-0123456789", NULL, NULL, 0, NULL);
+    ck_assert_int_eq(r.status, 400);
+    free(r.body);
+    r = request(d.port, "GET", "/v1/models", NULL, NULL, 0, good);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    r = request(d.port, "GET", "/metrics", NULL, NULL, 0, NULL);
+    ck_assert_int_eq(r.status, 401);
+    free(r.body);
+    r = request(d.port, "GET", "/livez", NULL, NULL, 0, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    r = request(d.port, "GET", "/readyz", NULL, NULL, 0, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    /* The token never reaches the log. */
+    FILE *lf = fopen(d.log_path, "r");
+    char line[1024];
+    while (lf && fgets(line, sizeof(line), lf)) ck_assert_ptr_null(strstr(line, "s3cret"));
+    if (lf) fclose(lf);
+}
+END_TEST
+
+struct feeder {
+    int port;
+    volatile bool stop;
+    long acked;
+};
+
+static void *feed_until_refused(void *arg)
+{
+    struct feeder *f = arg;
+    struct tame_rng r;
+    tame_rng_seed(&r, 99);
+    int task = 0;
+    while (!f->stop) {
+        char *body = samples_body(&r, task++ % 3, 96, false);
+        CURL *c = curl_easy_init();
+        char url[128];
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/models/m/samples", f->port);
+        struct buf b = {0};
+        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+        long status = 0;
+        if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        else f->stop = true; /* the daemon stopped listening */
+        if (status == 200) f->acked += 96;
+        curl_slist_free_all(h);
+        curl_easy_cleanup(c);
+        free(b.p);
+        free(body);
+    }
+    return NULL;
+}
+
+START_TEST(sigterm_during_ingest_exits_0_with_every_acknowledged_sample_trained)
+{
+    struct daemon d;
+    daemon_start(&d, NULL);
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct feeder f = {.port = d.port};
+    pthread_t th;
+    pthread_create(&th, NULL, feed_until_refused, &f);
+    usleep(1500000);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    f.stop = true;
+    pthread_join(th, NULL);
+    ck_assert_int_gt(f.acked, 0);
+    FILE *lf = fopen(d.log_path, "r");
+    char line[1024];
+    long acked = -1, trained = -1, queued = -1;
+    while (lf && fgets(line, sizeof(line), lf)) {
+        char *p = strstr(line, "msg=\"model drained\" model=m ");
+        if (p) sscanf(p, "msg=\"model drained\" model=m acknowledged=%ld trained=%ld queued=%ld", &acked, &trained,
+                      &queued);
+    }
+    if (lf) fclose(lf);
+    /* Everything the daemon acknowledged was trained; the client saw every
+     * acknowledgement (in-flight requests finish before the daemon stops). */
+    ck_assert_int_eq(trained, acked);
+    ck_assert_int_eq(queued, 0);
+    ck_assert_int_eq(acked, f.acked);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    tamed_bin = argc > 1 ? argv[1] : getenv("TAMED");
+    if (!tamed_bin) {
+        fprintf(stderr, "usage: test_daemon PATH_TO_TAMED\n");
+        return 2;
+    }
+    snprintf(token_path, sizeof(token_path), "/tmp/tamed-token-%d", getpid());
+    srandom((unsigned)getpid());
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    Suite *s = suite_create("daemon");
+    TCase *tc = tcase_create("daemon");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, three_task_stream_is_learned_routed_and_predicted_while_training);
+    tcase_add_test(tc, bad_requests_get_a_json_error_and_change_nothing);
+    tcase_add_test(tc, metrics_parse_and_count_what_was_sent);
+    tcase_add_test(tc, bearer_auth_follows_rfc_6750);
+    tcase_add_test(tc, sigterm_during_ingest_exits_0_with_every_acknowledged_sample_trained);
+    suite_add_tcase(s, tc);
+    int rc = check_run(s);
+    unlink(token_path);
+    curl_global_cleanup();
+    return rc;
+}
