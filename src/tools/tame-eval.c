@@ -5,6 +5,7 @@
  * and memory.  --baseline finetune/oracle give the lower and upper bounds on
  * the same stream.  It links the engine; it knows nothing of the daemon. */
 #include "dataset.h"
+#include "remote.h"
 #include "tame/nn.h"
 #include "tame/tame.h"
 
@@ -32,6 +33,9 @@ struct options {
     bool quiet;
     int test_limit;
     int threads;
+    const char *url;        /* stream to a running tamed instead of in-process */
+    const char *token_file;
+    int request_size;       /* samples per HTTP request */
     struct tame_params p; /* overrides on top of the defaults */
 };
 
@@ -42,6 +46,10 @@ struct options {
  * such learner per true task, fed and asked by the true task). */
 struct system {
     enum baseline kind;
+    struct remote *remote;                 /* --url: the daemon holds the learner */
+    char model[64];
+    float *rx;                             /* --url: samples waiting to be sent */
+    int *ry, r_fill;
     int n;                                 /* learners */
     struct tame_learner *l[MAX_TASKS];
     uint64_t trained[TAME_MAX_EXPERTS][MAX_TASKS]; /* samples per (expert, true task) */
@@ -69,6 +77,9 @@ static int system_init(struct system *sys, enum baseline kind, const struct tame
 
 static void system_done(struct system *sys)
 {
+    remote_close(sys->remote);
+    free(sys->rx);
+    free(sys->ry);
     for (int i = 0; i < sys->n; i++) tame_learner_free(sys->l[i]);
 }
 
@@ -85,6 +96,7 @@ struct event_rec {
 
 struct report {
     int visits, distinct_tasks;
+    uint64_t visit_start[MAX_TASKS];       /* sample index where each visit starts */
     int task_of_visit[MAX_TASKS];
     uint64_t boundary[MAX_TASKS];          /* batch index where each visit starts */
     uint64_t batches, samples;
@@ -102,6 +114,7 @@ struct report {
     double average_accuracy, forgetting;
     size_t nonzero_experts, nonzero_selector;
     double train_seconds, flops;
+    double remote_t0;
     uint64_t nonfinite;
     double gemm_gflops;
     long peak_rss;
@@ -123,23 +136,25 @@ static void check(int rc, const char *what)
     if (rc < 0) die("%s: %s", what, tame_strerror(rc));
 }
 
+static void append_event(struct report *rep, const struct tame_event *ev)
+{
+    if (rep->n_ev == rep->cap_ev) {
+        rep->cap_ev = rep->cap_ev ? 2 * rep->cap_ev : 64;
+        rep->ev = realloc(rep->ev, rep->cap_ev * sizeof(*rep->ev));
+        if (!rep->ev) die("out of memory");
+    }
+    struct event_rec *e = &rep->ev[rep->n_ev++];
+    *e = (struct event_rec){ev->batch, ev->kind, ev->from, ev->to, ev->stat, ev->threshold, ev->n_losses, {0}};
+    memcpy(e->losses, ev->losses, sizeof(float) * (size_t)ev->n_losses);
+}
+
 static void collect_events(struct system *sys, struct report *rep)
 {
     for (int i = 0; i < sys->n; i++) {
         struct tame_event *ev;
         size_t n;
         tame_learner_take_events(sys->l[i], &ev, &n);
-        for (size_t k = 0; k < n; k++) {
-            if (rep->n_ev == rep->cap_ev) {
-                rep->cap_ev = rep->cap_ev ? 2 * rep->cap_ev : 64;
-                rep->ev = realloc(rep->ev, rep->cap_ev * sizeof(*rep->ev));
-                if (!rep->ev) die("out of memory");
-            }
-            struct event_rec *e = &rep->ev[rep->n_ev++];
-            *e = (struct event_rec){ev[k].batch, ev[k].kind, ev[k].from, ev[k].to, ev[k].stat,
-                                    ev[k].threshold, ev[k].n_losses, {0}};
-            memcpy(e->losses, ev[k].losses, sizeof(float) * (size_t)ev[k].n_losses);
-        }
+        for (size_t k = 0; k < n; k++) append_event(rep, &ev[k]);
         tame_free(ev);
     }
 }
@@ -183,20 +198,26 @@ static int expert_task(const struct system *sys, int e, int tasks)
 /* Accuracy on every visited task's test set.  For TAME the snapshot must
  * carry a trained selector (see with_selector). */
 static void evaluate(struct system *sys, struct tame_snapshot **snap, const struct stream *s,
-                     const struct test_set *ts, const bool *visited, double *local, double *global,
-                     double *routing)
+                     const struct test_set *ts, int ts_dim, const bool *visited, double *local,
+                     double *global, double *routing)
 {
     int classes = s->model_classes;
     for (int t = 0; t < s->spec.tasks; t++) {
         if (!visited[t]) continue;
         const struct tame_snapshot *sn = sys->kind == BASE_ORACLE ? snap[t] : snap[0];
-        struct tame_predict_work *w;
-        check(tame_predict_work_new(sn, 256, &w), "predict workspace");
+        struct tame_predict_work *w = NULL;
+        if (!sys->remote) check(tame_predict_work_new(sn, 256, &w), "predict workspace");
         struct tame_prediction *out = malloc((size_t)ts[t].n * sizeof(*out));
         float *probs = malloc((size_t)ts[t].n * classes * sizeof(float));
         if (!out || !probs) die("out of memory");
         int force = sys->kind == BASE_NONE ? -1 : 0;
-        check(tame_snapshot_predict(sn, w, ts[t].x, ts[t].n, force, out, probs), "predict");
+        if (sys->remote) {
+            if (remote_predict(sys->remote, sys->model, ts[t].x, ts[t].n, ts_dim,
+                               classes, out, probs) < 0)
+                die("%s", remote_error(sys->remote));
+        } else {
+            check(tame_snapshot_predict(sn, w, ts[t].x, ts[t].n, force, out, probs), "predict");
+        }
         long ok_local = 0, ok_global = 0, ok_route = 0;
         const struct task *task = &s->task[t];
         for (int i = 0; i < ts[t].n; i++) {
@@ -234,7 +255,7 @@ static void evaluate(struct system *sys, struct tame_snapshot **snap, const stru
  * of the learner so that evaluating mid-stream changes nothing. */
 static void take_snapshots(struct system *sys, struct tame_snapshot **snap)
 {
-    for (int i = 0; i < sys->n; i++) {
+    for (int i = 0; i < sys->n && !sys->remote; i++) {
         struct tame_info info;
         tame_learner_info(sys->l[i], &info);
         if (sys->kind == BASE_NONE && info.n_experts >= 2 && info.selector_due) {
@@ -258,6 +279,7 @@ static void take_snapshots(struct system *sys, struct tame_snapshot **snap)
 
 static void free_snapshots(struct system *sys, struct tame_snapshot **snap)
 {
+    if (sys->remote) return;
     for (int i = 0; i < sys->n; i++) tame_snapshot_free(snap[i]), snap[i] = NULL;
 }
 
@@ -314,6 +336,40 @@ static double measure_sgemm(const struct tame_params *p, int n)
     return flops / t / 1e9;
 }
 
+/* ---------------------------------------------------------------- --url */
+
+/* Hand samples to the daemon in requests of --request-size. */
+static void remote_push(struct system *sys, const float *x, const int *y, int n, int dim, int request_size,
+                        bool last)
+{
+    memcpy(sys->rx + (size_t)sys->r_fill * dim, x, (size_t)n * dim * sizeof(float));
+    memcpy(sys->ry + sys->r_fill, y, (size_t)n * sizeof(int));
+    sys->r_fill += n;
+    while (sys->r_fill >= request_size || (last && sys->r_fill > 0)) {
+        int m = sys->r_fill < request_size ? sys->r_fill : request_size;
+        if (remote_samples(sys->remote, sys->model, sys->rx, sys->ry, m, dim) < 0)
+            die("%s", remote_error(sys->remote));
+        sys->r_fill -= m;
+        memmove(sys->rx, sys->rx + (size_t)m * dim, (size_t)sys->r_fill * dim * sizeof(float));
+        memmove(sys->ry, sys->ry + m, (size_t)sys->r_fill * sizeof(int));
+    }
+}
+
+/* Which expert trained which true task, replayed from the events: a spawn
+ * or reuse at batch b means batch b trained `to`. */
+static void remote_counts(struct system *sys, const struct report *rep, int bs)
+{
+    int active = 0, v = 0;
+    size_t k = 0;
+    for (uint64_t i = 0; i < rep->samples; i++) {
+        uint64_t b = i / (uint64_t)bs;
+        for (; k < rep->n_ev && rep->ev[k].batch <= b; k++)
+            if (rep->ev[k].kind == TAME_EV_SPAWN || rep->ev[k].kind == TAME_EV_REUSE) active = rep->ev[k].to;
+        while (v + 1 < rep->visits && i >= rep->visit_start[v + 1]) v++;
+        if (active >= 0 && active < TAME_MAX_EXPERTS) sys->trained[active][rep->task_of_visit[v]]++;
+    }
+}
+
 /* ------------------------------------------------------------------- run */
 
 static void run(const struct options *o, const struct idx_set *train, const struct idx_set *test,
@@ -331,7 +387,26 @@ static void run(const struct options *o, const struct idx_set *train, const stru
     struct test_set ts[MAX_TASKS] = {{0}};
     build_tests(&s, test, o->test_limit, ts);
     struct system sys;
-    check(system_init(&sys, o->baseline, &p, s.spec.tasks, o->threads), "learner");
+    if (o->url) {
+        memset(&sys, 0, sizeof(sys));
+        char token[512] = "";
+        if (o->token_file) {
+            FILE *f = fopen(o->token_file, "r");
+            if (!f || !fgets(token, sizeof(token), f)) die("cannot read %s", o->token_file);
+            fclose(f);
+            token[strcspn(token, "\r\n")] = 0;
+        }
+        check(remote_open(o->url, token[0] ? token : NULL, &sys.remote), "HTTP client");
+        snprintf(sys.model, sizeof(sys.model), "tame-eval-%s-%llu", s.spec.kind == STREAM_SPLIT ? "split"
+                 : s.spec.kind == STREAM_PERMUTED ? "permuted" : s.spec.kind == STREAM_ROTATED ? "rotated"
+                 : "recurring", (unsigned long long)s.spec.seed);
+        if (remote_create(sys.remote, sys.model, &p) < 0) die("%s", remote_error(sys.remote));
+        sys.rx = malloc((size_t)(o->request_size + p.batch_size) * train->dim * sizeof(float));
+        sys.ry = malloc((size_t)(o->request_size + p.batch_size) * sizeof(int));
+        if (!sys.rx || !sys.ry) die("out of memory");
+    } else {
+        check(system_init(&sys, o->baseline, &p, s.spec.tasks, o->threads), "learner");
+    }
 
     const int bs = p.batch_size, dim = train->dim;
     float *bx = malloc((size_t)bs * dim * sizeof(float));
@@ -353,6 +428,7 @@ static void run(const struct options *o, const struct idx_set *train, const stru
         int t = s.spec.visit[v];
         rep->task_of_visit[v] = t;
         rep->boundary[v] = sample_pos / (uint64_t)bs;
+        rep->visit_start[v] = sample_pos;
         rep->is_boundary[v] = v > 0 && s.spec.visit[v - 1] != t;
         visited[t] = true;
         /* The task's training view, prepared outside the timed loop. */
@@ -367,6 +443,7 @@ static void run(const struct options *o, const struct idx_set *train, const stru
             order[i] = i;
         }
         double t0 = tame_now_s();
+        if (sys.remote && v == 0) rep->remote_t0 = t0;
         for (int ep = 0; ep < s.spec.epochs; ep++) {
             tame_rng_shuffle(&order_rng, order, n);
             for (int i = 0; i < n; i++) {
@@ -377,7 +454,10 @@ static void run(const struct options *o, const struct idx_set *train, const stru
                 sample_pos++;
                 if (fill < bs) continue;
                 /* One batch to every learner of the system. */
-                if (sys.kind == BASE_ORACLE) {
+                if (sys.remote) {
+                    remote_push(&sys, bx, by, fill, dim, o->request_size, false);
+                    rep->flops = NAN;
+                } else if (sys.kind == BASE_ORACLE) {
                     for (int k = 0; k < s.spec.tasks; k++) {
                         int m = 0;
                         for (int j = 0; j < fill; j++)
@@ -415,7 +495,7 @@ static void run(const struct options *o, const struct idx_set *train, const stru
             bool seen_so_far[MAX_TASKS] = {0};
             for (int k = 0; k < s.spec.tasks; k++) seen_so_far[k] = true;
             take_snapshots(&sys, snap);
-            evaluate(&sys, snap, &s, ts, seen_so_far, loc, glo, rou);
+            evaluate(&sys, snap, &s, ts, dim, seen_so_far, loc, glo, rou);
             free_snapshots(&sys, snap);
             for (int k = 0; k < s.spec.tasks; k++) rep->matrix[rep->matrix_rows][k] = loc[k];
             rep->matrix_rows++;
@@ -423,6 +503,28 @@ static void run(const struct options *o, const struct idx_set *train, const stru
         if (!o->quiet)
             fprintf(stderr, "tame-eval: visit %d/%d (task %d) done, %llu batches, %.1f s streaming\n",
                     v + 1, s.spec.n_visits, t + 1, (unsigned long long)rep->batches, rep->train_seconds);
+    }
+    if (sys.remote) {
+        /* Send the rest, flush, and time until the daemon has trained it all:
+         * the HTTP figure is end to end. */
+        remote_push(&sys, bx, by, fill, dim, o->request_size, true);
+        rep->samples += (uint64_t)fill;
+        rep->batches += fill > 0;
+        fill = 0;
+        if (remote_flush(sys.remote, sys.model) < 0) die("%s", remote_error(sys.remote));
+        int experts;
+        if (remote_wait(sys.remote, sys.model, rep->samples, false, &experts) < 0)
+            die("%s", remote_error(sys.remote));
+        rep->train_seconds = tame_now_s() - rep->remote_t0;
+        if (remote_wait(sys.remote, sys.model, rep->samples, true, &experts) < 0)
+            die("%s", remote_error(sys.remote));
+        struct tame_event *ev;
+        size_t n_ev;
+        if (remote_events(sys.remote, sys.model, &ev, &n_ev) < 0) die("%s", remote_error(sys.remote));
+        for (size_t k = 0; k < n_ev; k++) append_event(rep, &ev[k]);
+        free(ev);
+        remote_counts(&sys, rep, bs);
+        rep->experts = experts;
     }
     /* A trailing partial batch is flushed like the daemon's explicit flush. */
     if (fill > 0 && sys.kind != BASE_ORACLE) {
@@ -437,7 +539,9 @@ static void run(const struct options *o, const struct idx_set *train, const stru
     }
 
     /* Final selector, then the end-of-stream evaluation (both untimed). */
-    if (sys.kind == BASE_NONE) {
+    if (sys.remote) {
+        /* the daemon trained its selector in the background */
+    } else if (sys.kind == BASE_NONE) {
         struct tame_info info;
         tame_learner_info(sys.l[0], &info);
         if (info.n_experts >= 2) check(tame_learner_train_selector(sys.l[0]), "selector");
@@ -454,7 +558,7 @@ static void run(const struct options *o, const struct idx_set *train, const stru
         rep->nonzero_experts += e;
         rep->nonzero_selector += sel;
     }
-    evaluate(&sys, snap, &s, ts, visited, rep->task_local, rep->task_global, rep->task_routing);
+    evaluate(&sys, snap, &s, ts, dim, visited, rep->task_local, rep->task_global, rep->task_routing);
     free_snapshots(&sys, snap);
     int nt = 0;
     for (int t = 0; t < s.spec.tasks; t++) {
@@ -703,6 +807,9 @@ static void usage(FILE *f)
             "  --selector-sparsity X --finetune-epochs N   model hyper-parameters\n"
             "  --threads N         1 or 2 threads per learner step (default 2; results are\n"
             "                      identical either way)\n"
+            "  --url URL           stream to a running tamed (e.g. http://127.0.0.1:8080) over\n"
+            "                      HTTP instead of in-process; --token-file FILE for its token\n"
+            "  --request-size N    samples per HTTP request with --url (default 128)\n"
             "  --quiet             no progress lines on stderr\n");
 }
 
@@ -742,7 +849,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     enum {
         O_DATA = 256, O_STREAM, O_TASKS, O_SEQ, O_EPOCHS, O_LABELS, O_SEED, O_BASE, O_MATRIX, O_BENCH,
         O_JSON, O_TRAIN_LIMIT, O_TEST_LIMIT, O_BATCH, O_HIDDEN, O_LR, O_KSIG, O_KWARN, O_MINB, O_WINDOW,
-        O_ALPHA, O_SFLOOR, O_HSCALE, O_SELEP, O_SELLR, O_ESPARSE, O_SSPARSE, O_FTEP, O_QUIET, O_THREADS, O_HELP
+        O_ALPHA, O_SFLOOR, O_HSCALE, O_URL, O_TOKEN, O_REQSIZE, O_SELEP, O_SELLR, O_ESPARSE, O_SSPARSE, O_FTEP, O_QUIET, O_THREADS, O_HELP
     };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"stream", 1, 0, O_STREAM}, {"tasks", 1, 0, O_TASKS},
@@ -752,7 +859,8 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"test-limit", 1, 0, O_TEST_LIMIT}, {"batch", 1, 0, O_BATCH}, {"hidden", 1, 0, O_HIDDEN},
         {"lr", 1, 0, O_LR}, {"k-sigma", 1, 0, O_KSIG}, {"k-warn", 1, 0, O_KWARN},
         {"min-batches", 1, 0, O_MINB}, {"window", 1, 0, O_WINDOW}, {"alpha", 1, 0, O_ALPHA}, {"sigma-floor", 1, 0, O_SFLOOR},
-        {"head-scale", 1, 0, O_HSCALE},
+        {"head-scale", 1, 0, O_HSCALE}, {"url", 1, 0, O_URL}, {"token-file", 1, 0, O_TOKEN},
+        {"request-size", 1, 0, O_REQSIZE},
         {"selector-epochs", 1, 0, O_SELEP}, {"selector-lr", 1, 0, O_SELLR}, {"expert-sparsity", 1, 0, O_ESPARSE},
         {"selector-sparsity", 1, 0, O_SSPARSE}, {"finetune-epochs", 1, 0, O_FTEP},
         {"quiet", 0, 0, O_QUIET}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
@@ -762,6 +870,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     o->spec.epochs = 10;
     o->spec.seed = 1;
     o->threads = 2;
+    o->request_size = 128;
     int tasks = 0, seq[64], n_seq = 0;
     tame_params_default(&o->p, 1, 2);
     int c;
@@ -803,6 +912,9 @@ static void parse_args(int argc, char **argv, struct options *o)
         case O_MINB: o->p.min_batches = (int)parse_long(optarg, "--min-batches", 0, 1000000); break;
         case O_WINDOW: o->p.window = (int)parse_long(optarg, "--window", 2, 100000); break;
         case O_ALPHA: o->p.alpha = parse_float(optarg, "--alpha"); break;
+        case O_URL: o->url = optarg; break;
+        case O_TOKEN: o->token_file = optarg; break;
+        case O_REQSIZE: o->request_size = (int)parse_long(optarg, "--request-size", 1, 1 << 20); break;
         case O_HSCALE: o->p.head_scale = parse_float(optarg, "--head-scale"); break;
         case O_SFLOOR: o->p.sigma_floor = parse_float(optarg, "--sigma-floor"); break;
         case O_SELEP: o->p.selector_epochs = (int)parse_long(optarg, "--selector-epochs", 1, 10000); break;
@@ -818,6 +930,8 @@ static void parse_args(int argc, char **argv, struct options *o)
         }
     }
     if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
+    if (o->url && (o->matrix || o->baseline != BASE_NONE || o->bench))
+        die("--matrix, --baseline and --bench run in-process only, not with --url");
     bool split_like = o->spec.kind == STREAM_SPLIT || o->spec.kind == STREAM_RECURRING;
     o->spec.tasks = tasks ? tasks : split_like ? 5 : 10;
     if (o->spec.kind == STREAM_RECURRING) {

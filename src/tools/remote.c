@@ -1,0 +1,289 @@
+/* remote.c: see remote.h.  Request bodies are written by hand with %.9g,
+ * which gives every float back exactly, so a stream sent over HTTP trains
+ * the same model as the same stream in-process. */
+#include "remote.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct remote {
+    CURL *curl;
+    char base[256];
+    struct curl_slist *headers;
+    char *resp;
+    size_t resp_len, resp_cap;
+    char *req;
+    size_t req_len, req_cap;
+    char err[512];
+};
+
+const char *remote_error(const struct remote *r) { return r->err; }
+
+static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    struct remote *r = ud;
+    size_t n = size * nmemb;
+    if (r->resp_len + n + 1 > r->resp_cap) {
+        size_t cap = r->resp_cap ? r->resp_cap : 65536;
+        while (cap < r->resp_len + n + 1) cap *= 2;
+        char *p = realloc(r->resp, cap);
+        if (!p) return 0;
+        r->resp = p;
+        r->resp_cap = cap;
+    }
+    memcpy(r->resp + r->resp_len, ptr, n);
+    r->resp_len += n;
+    r->resp[r->resp_len] = 0;
+    return n;
+}
+
+int remote_open(const char *base, const char *token, struct remote **ret)
+{
+    struct remote *r = calloc(1, sizeof(*r));
+    if (!r) return TAME_E_NOMEM;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    r->curl = curl_easy_init();
+    snprintf(r->base, sizeof(r->base), "%s", base);
+    r->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    r->headers = curl_slist_append(r->headers, "Expect:");
+    if (token) {
+        char h[600];
+        snprintf(h, sizeof(h), "Authorization: Bearer %s", token);
+        r->headers = curl_slist_append(r->headers, h);
+    }
+    if (!r->curl || !r->headers) {
+        remote_close(r);
+        return TAME_E_NOMEM;
+    }
+    curl_easy_setopt(r->curl, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(r->curl, CURLOPT_HTTPHEADER, r->headers);
+    curl_easy_setopt(r->curl, CURLOPT_TCP_NODELAY, 1L);
+    *ret = r;
+    return 0;
+}
+
+void remote_close(struct remote *r)
+{
+    if (!r) return;
+    if (r->curl) curl_easy_cleanup(r->curl);
+    curl_slist_free_all(r->headers);
+    free(r->resp);
+    free(r->req);
+    free(r);
+}
+
+/* One request on the kept-alive connection; returns the status or -1. */
+static long request(struct remote *r, const char *method, const char *path, const char *body, size_t len)
+{
+    char url[512];
+    snprintf(url, sizeof(url), "%s%s", r->base, path);
+    r->resp_len = 0;
+    if (r->resp) r->resp[0] = 0;
+    curl_easy_setopt(r->curl, CURLOPT_URL, url);
+    curl_easy_setopt(r->curl, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(r->curl, CURLOPT_POSTFIELDS, body ? body : "");
+    curl_easy_setopt(r->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? len : 0));
+    if (!strcmp(method, "GET")) curl_easy_setopt(r->curl, CURLOPT_HTTPGET, 1L);
+    CURLcode rc = curl_easy_perform(r->curl);
+    if (rc != CURLE_OK) {
+        snprintf(r->err, sizeof(r->err), "%s %s: %s", method, path, curl_easy_strerror(rc));
+        return -1;
+    }
+    long status = 0;
+    curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 300) snprintf(r->err, sizeof(r->err), "%s %s: %ld %s", method, path, status, r->resp ? r->resp : "");
+    return status;
+}
+
+static json_t *request_json(struct remote *r, const char *method, const char *path, const char *body, long want)
+{
+    long st = request(r, method, path, body, body ? strlen(body) : 0);
+    if (st != want) return NULL;
+    json_error_t e;
+    json_t *doc = json_loads(r->resp ? r->resp : "", 0, &e);
+    if (!doc) snprintf(r->err, sizeof(r->err), "%s %s: not JSON: %s", method, path, e.text);
+    return doc;
+}
+
+static void out(struct remote *r, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = r->req ? vsnprintf(r->req + r->req_len, r->req_cap - r->req_len, fmt, ap) : -1;
+        va_end(ap);
+        if (n >= 0 && r->req_len + (size_t)n < r->req_cap) {
+            r->req_len += (size_t)n;
+            return;
+        }
+        size_t cap = r->req_cap ? 2 * r->req_cap : 1 << 20;
+        char *p = realloc(r->req, cap);
+        if (!p) abort();
+        r->req = p;
+        r->req_cap = cap;
+    }
+}
+
+int remote_create(struct remote *r, const char *name, const struct tame_params *p)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/models/%s", name);
+    long st = request(r, "DELETE", path, NULL, 0);
+    if (st != 200 && st != 404) return TAME_E_IO;
+    r->req_len = 0;
+    out(r, "{\"name\":\"%s\",\"input_dim\":%d,\"classes\":%d,\"hidden\":[", name, p->input_dim, p->classes);
+    for (int i = 0; i < p->n_hidden; i++) out(r, "%s%d", i ? "," : "", p->hidden[i]);
+    out(r, "],\"batch_size\":%d,\"head_scale\":%.9g,\"lr\":%.9g,\"momentum\":%.9g,\"weight_decay\":%.9g,"
+           "\"window\":%d,\"alpha\":%.9g,\"k_sigma\":%.9g,\"sigma_floor\":%.9g,\"k_warn\":%.9g,"
+           "\"min_batches\":%d,\"selector_capacity\":%d,\"expert_capacity\":%d,\"selector_epochs\":%d,"
+           "\"selector_lr\":%.9g,\"selector_every\":%d,\"expert_sparsity\":%.9g,\"selector_sparsity\":%.9g,"
+           "\"finetune_epochs\":%d,\"max_experts\":%d,\"attribution_batches\":%d,\"seed\":%llu}",
+        p->batch_size, p->head_scale, p->lr, p->momentum, p->weight_decay, p->window, p->alpha, p->k_sigma,
+        p->sigma_floor, p->k_warn, p->min_batches, p->selector_capacity, p->expert_capacity, p->selector_epochs,
+        p->selector_lr, p->selector_every, p->expert_sparsity, p->selector_sparsity, p->finetune_epochs,
+        p->max_experts, p->attribution_batches, (unsigned long long)p->seed);
+    json_t *doc = request_json(r, "POST", "/v1/models", r->req, 201);
+    json_decref(doc);
+    return doc ? 0 : TAME_E_IO;
+}
+
+int remote_samples(struct remote *r, const char *name, const float *x, const int *y, int n, int dim)
+{
+    r->req_len = 0;
+    out(r, "{\"x\":[");
+    for (int i = 0; i < n; i++) {
+        out(r, i ? ",[" : "[");
+        for (int j = 0; j < dim; j++) out(r, j ? ",%.9g" : "%.9g", x[(size_t)i * dim + j]);
+        out(r, "]");
+    }
+    out(r, "],\"y\":[");
+    for (int i = 0; i < n; i++) out(r, i ? ",%d" : "%d", y[i]);
+    out(r, "]}");
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/models/%s/samples", name);
+    for (;;) {
+        long st = request(r, "POST", path, r->req, r->req_len);
+        if (st == 200) return 0;
+        if (st != 429) return TAME_E_IO;
+        usleep(2000); /* the queue is full: the learner is behind */
+    }
+}
+
+int remote_flush(struct remote *r, const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/models/%s/flush", name);
+    return request(r, "POST", path, "{}", 2) == 200 ? 0 : TAME_E_IO;
+}
+
+int remote_wait(struct remote *r, const char *name, uint64_t trained, bool selector, int *ret_experts)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/models/%s", name);
+    for (;;) {
+        json_t *m = request_json(r, "GET", path, NULL, 200);
+        if (!m) return TAME_E_IO;
+        json_t *sel = json_object_get(m, "selector");
+        uint64_t done = (uint64_t)json_integer_value(json_object_get(m, "samples_trained"));
+        int experts = (int)json_integer_value(json_object_get(m, "n_experts"));
+        bool due = json_is_true(json_object_get(sel, "due"));
+        bool selected = experts < 2 || json_integer_value(json_object_get(sel, "experts")) == experts;
+        json_decref(m);
+        if (done >= trained && (!selector || (!due && selected))) {
+            *ret_experts = experts;
+            return 0;
+        }
+        usleep(2000);
+    }
+}
+
+int remote_events(struct remote *r, const char *name, struct tame_event **ret, size_t *ret_n)
+{
+    struct tame_event *ev = NULL;
+    size_t n = 0, cap = 0;
+    long long from = 0;
+    for (;;) {
+        char path[256];
+        snprintf(path, sizeof(path), "/v1/models/%s/events?from=%lld&limit=1000", name, from);
+        json_t *doc = request_json(r, "GET", path, NULL, 200);
+        if (!doc) {
+            free(ev);
+            return TAME_E_IO;
+        }
+        json_t *e;
+        size_t i;
+        json_array_foreach(json_object_get(doc, "events"), i, e) {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 256;
+                ev = realloc(ev, cap * sizeof(*ev));
+                if (!ev) abort();
+            }
+            struct tame_event *t = &ev[n++];
+            memset(t, 0, sizeof(*t));
+            t->seq = (uint64_t)json_integer_value(json_object_get(e, "seq"));
+            t->batch = (uint64_t)json_integer_value(json_object_get(e, "batch"));
+            const char *kind = json_string_value(json_object_get(e, "kind"));
+            for (int k = TAME_EV_DETECT; k <= TAME_EV_PRUNE; k++)
+                if (kind && !strcmp(kind, tame_event_kind_name((enum tame_event_kind)k))) t->kind = k;
+            t->from = (int)json_integer_value(json_object_get(e, "from"));
+            t->to = (int)json_integer_value(json_object_get(e, "to"));
+            t->stat = json_number_value(json_object_get(e, "stat"));
+            t->threshold = json_number_value(json_object_get(e, "threshold"));
+            json_t *l;
+            size_t j;
+            json_array_foreach(json_object_get(e, "losses"), j, l) if (j < TAME_MAX_EXPERTS) {
+                t->losses[j] = (float)json_number_value(l);
+                t->n_losses = (int)j + 1;
+            }
+        }
+        json_t *next = json_object_get(doc, "next");
+        bool more = json_is_integer(next);
+        if (more) from = json_integer_value(next);
+        json_decref(doc);
+        if (!more) break;
+    }
+    *ret = ev;
+    *ret_n = n;
+    return 0;
+}
+
+int remote_predict(struct remote *r, const char *name, const float *x, int n, int dim, int classes,
+                   struct tame_prediction *outp, float *probs)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/models/%s/predict", name);
+    for (int start = 0; start < n; start += 256) {
+        int m = n - start < 256 ? n - start : 256;
+        r->req_len = 0;
+        out(r, "{\"x\":[");
+        for (int i = 0; i < m; i++) {
+            out(r, i ? ",[" : "[");
+            for (int j = 0; j < dim; j++) out(r, j ? ",%.9g" : "%.9g", x[(size_t)(start + i) * dim + j]);
+            out(r, "]");
+        }
+        out(r, "]}");
+        json_t *doc = request_json(r, "POST", path, r->req, 200);
+        if (!doc) return TAME_E_IO;
+        json_t *p;
+        size_t i;
+        json_array_foreach(json_object_get(doc, "predictions"), i, p) {
+            if ((int)i >= m) break;
+            struct tame_prediction *o = &outp[start + (int)i];
+            o->label = (int)json_integer_value(json_object_get(p, "label"));
+            o->expert = (int)json_integer_value(json_object_get(p, "expert"));
+            o->confidence = (float)json_number_value(json_object_get(p, "confidence"));
+            json_t *pv;
+            size_t j;
+            json_array_foreach(json_object_get(p, "probabilities"), j, pv) if ((int)j < classes)
+                probs[(size_t)(start + (int)i) * classes + j] = (float)json_number_value(pv);
+        }
+        json_decref(doc);
+    }
+    return 0;
+}
