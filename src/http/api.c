@@ -1,6 +1,7 @@
 /* api.c: the v1 handlers (api/openapi.yaml): validation of every field with
  * the index of the offending sample, JSON codecs, and /metrics. */
 #include "http_internal.h"
+#include "numarray.h"
 
 #include "tame/log.h"
 
@@ -178,9 +179,22 @@ static json_t *model_json(struct serve_model *m)
 /* ---- numeric arrays ---- */
 
 /* x: an array of input_dim finite numbers within +-x_abs_max. */
-static int read_vector(const struct http_server *h, json_t *a, int dim, float *out, const char *where,
-                       char *msg, size_t msglen)
+static int read_vector(const struct http_server *h, const struct num_pool *pool, json_t *a, int dim,
+                       float *out, const char *where, char *msg, size_t msglen)
 {
+    const double *v;
+    size_t n;
+    bool all_int;
+    if (json_is_string(a) && numarray_lookup(pool, json_string_value(a), &v, &n, &all_int)) {
+        if ((int)n != dim)
+            return snprintf(msg, msglen, "%s: x has %zu values, the model's input_dim is %d", where, n, dim), -1;
+        for (int j = 0; j < dim; j++) {
+            if (!isfinite(v[j]) || fabs(v[j]) > h->cfg.x_abs_max)
+                return snprintf(msg, msglen, "%s: x[%d] = %g is outside +-%g", where, j, v[j], h->cfg.x_abs_max), -1;
+            out[j] = (float)v[j];
+        }
+        return 0;
+    }
     if (!json_is_array(a)) return snprintf(msg, msglen, "%s: x must be an array of numbers", where), -1;
     if ((int)json_array_size(a) != dim)
         return snprintf(msg, msglen, "%s: x has %zu values, the model's input_dim is %d", where,
@@ -197,11 +211,14 @@ static int read_vector(const struct http_server *h, json_t *a, int dim, float *o
 }
 
 /* Row form {"samples":[{"x":[...],"y":3}]} or column form {"x":[[...]],"y":[...]}. */
-static int parse_samples(const struct http_server *h, json_t *doc, const struct tame_params *p, float **ret_x,
-                         int **ret_y, int *ret_n, char *msg, size_t msglen)
+static int parse_samples(const struct http_server *h, const struct num_pool *pool, json_t *doc,
+                         const struct tame_params *p, float **ret_x, int **ret_y, int *ret_n, char *msg,
+                         size_t msglen)
 {
     if (!json_is_object(doc)) return snprintf(msg, msglen, "the body must be a JSON object"), -1;
     json_t *rows = json_object_get(doc, "samples"), *cx = json_object_get(doc, "x"), *cy = json_object_get(doc, "y");
+    const double *ys = NULL;
+    size_t ys_n = 0;
     const char *key;
     json_t *v;
     json_object_foreach(doc, key, v) if (strcmp(key, "samples") && strcmp(key, "x") && strcmp(key, "y"))
@@ -212,11 +229,19 @@ static int parse_samples(const struct http_server *h, json_t *doc, const struct 
         if (!json_is_array(rows)) return snprintf(msg, msglen, "samples must be an array"), -1;
         n = json_array_size(rows);
     } else {
-        if (!json_is_array(cx) || !json_is_array(cy))
+        /* y may have become a pool array (numbers only). */
+        bool y_int = true;
+        if (json_is_string(cy) && numarray_lookup(pool, json_string_value(cy), &ys, &ys_n, &y_int)) {
+            if (!y_int) return snprintf(msg, msglen, "y must hold integer labels"), -1;
+        } else if (!json_is_array(cy)) {
+            cy = NULL;
+        } else {
+            ys_n = json_array_size(cy);
+        }
+        if (!json_is_array(cx) || (!cy && !ys))
             return snprintf(msg, msglen, "expected {\"samples\": [...]} or {\"x\": [[...]], \"y\": [...]}"), -1;
         n = json_array_size(cx);
-        if (json_array_size(cy) != n)
-            return snprintf(msg, msglen, "x has %zu rows but y has %zu labels", n, json_array_size(cy)), -1;
+        if (ys_n != n) return snprintf(msg, msglen, "x has %zu rows but y has %zu labels", n, ys_n), -1;
     }
     if (n == 0) return snprintf(msg, msglen, "no samples"), -1;
     float *x = malloc(n * (size_t)p->input_dim * sizeof(float));
@@ -244,9 +269,18 @@ static int parse_samples(const struct http_server *h, json_t *doc, const struct 
             yi = json_object_get(s, "y");
         } else {
             xi = json_array_get(cx, i);
-            yi = json_array_get(cy, i);
+            yi = ys ? NULL : json_array_get(cy, i);
         }
-        if (read_vector(h, xi, p->input_dim, x + i * (size_t)p->input_dim, where, msg, msglen) < 0) goto bad;
+        if (read_vector(h, pool, xi, p->input_dim, x + i * (size_t)p->input_dim, where, msg, msglen) < 0)
+            goto bad;
+        if (ys) {
+            if (!(ys[i] >= 0 && ys[i] < p->classes)) {
+                snprintf(msg, msglen, "%s: y must be an integer label in 0..%d", where, p->classes - 1);
+                goto bad;
+            }
+            y[i] = (int)ys[i];
+            continue;
+        }
         if (!json_is_integer(yi) || json_integer_value(yi) < 0 || json_integer_value(yi) >= p->classes) {
             snprintf(msg, msglen, "%s: y must be an integer label in 0..%d", where, p->classes - 1);
             goto bad;
@@ -271,7 +305,8 @@ static bool is_json(struct MHD_Connection *c)
     return t && !strncasecmp(t, "application/json", 16) && (t[16] == 0 || t[16] == ';' || t[16] == ' ');
 }
 
-static json_t *parse_body(struct MHD_Connection *c, const char *body, size_t len, int *ret)
+/* Parse a JSON body; with a pool, numeric arrays go to it first. */
+static json_t *parse_body(struct MHD_Connection *c, char *body, size_t len, struct num_pool *pool, int *ret)
 {
     if (!is_json(c)) {
         *ret = http_send_error(c, 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json");
@@ -279,6 +314,10 @@ static json_t *parse_body(struct MHD_Connection *c, const char *body, size_t len
     }
     if (len == 0) {
         *ret = http_send_error(c, 400, "INVALID", "empty body");
+        return NULL;
+    }
+    if (pool && numarray_extract(body, &len, pool) < 0) {
+        *ret = http_send_error(c, 503, "NOMEM", "out of memory");
         return NULL;
     }
     json_error_t err;
@@ -293,10 +332,10 @@ static int send_model_error(struct MHD_Connection *c, int rc, const char *name)
     return http_send_error(c, tame_err_http_status(rc), tame_err_name(rc), "%s", tame_strerror(rc));
 }
 
-static int handle_create(struct http_server *h, struct MHD_Connection *c, const char *body, size_t len)
+static int handle_create(struct http_server *h, struct MHD_Connection *c, char *body, size_t len)
 {
     int ret;
-    json_t *doc = parse_body(c, body, len, &ret);
+    json_t *doc = parse_body(c, body, len, NULL, &ret);
     if (!doc) return ret;
     char name[SERVE_NAME_MAX + 1], msg[256];
     struct tame_params p;
@@ -331,17 +370,23 @@ static int handle_list(struct http_server *h, struct MHD_Connection *c)
     return http_send_json(c, 200, json_pack("{s:o}", "models", arr));
 }
 
-static int handle_samples(struct http_server *h, struct MHD_Connection *c, struct serve_model *m,
-                          const char *body, size_t len)
+static int handle_samples(struct http_server *h, struct MHD_Connection *c, struct serve_model *m, char *body,
+                          size_t len)
 {
     int ret;
-    json_t *doc = parse_body(c, body, len, &ret);
-    if (!doc) return ret;
+    struct num_pool pool;
+    num_pool_init(&pool);
+    json_t *doc = parse_body(c, body, len, &pool, &ret);
+    if (!doc) {
+        num_pool_done(&pool);
+        return ret;
+    }
     float *x;
     int *y, n;
     char msg[256];
-    int prc = parse_samples(h, doc, serve_model_params(m), &x, &y, &n, msg, sizeof(msg));
+    int prc = parse_samples(h, &pool, doc, serve_model_params(m), &x, &y, &n, msg, sizeof(msg));
     json_decref(doc);
+    num_pool_done(&pool);
     if (prc == -2) return http_send_error(c, 503, "NOMEM", "%s", msg);
     if (prc < 0) return http_send_error(c, 400, "INVALID", "%s", msg);
     uint64_t acked = 0;
@@ -355,12 +400,17 @@ static int handle_samples(struct http_server *h, struct MHD_Connection *c, struc
     return http_send_json(c, 200, json_pack("{s:i,s:I}", "accepted", n, "samples_acknowledged", (json_int_t)acked));
 }
 
-static int handle_predict(struct http_server *h, struct MHD_Connection *c, struct serve_model *m,
-                          const char *body, size_t len)
+static int handle_predict(struct http_server *h, struct MHD_Connection *c, struct serve_model *m, char *body,
+                          size_t len)
 {
     int ret;
-    json_t *doc = parse_body(c, body, len, &ret);
-    if (!doc) return ret;
+    struct num_pool pool;
+    num_pool_init(&pool);
+    json_t *doc = parse_body(c, body, len, &pool, &ret);
+    if (!doc) {
+        num_pool_done(&pool);
+        return ret;
+    }
     const struct tame_params *p = serve_model_params(m);
     json_t *jx = json_is_object(doc) ? json_object_get(doc, "x") : NULL;
     const char *key;
@@ -369,10 +419,12 @@ static int handle_predict(struct http_server *h, struct MHD_Connection *c, struc
         json_object_foreach(doc, key, v) if (strcmp(key, "x")) {
             ret = http_send_error(c, 400, "INVALID", "unknown field '%s'", key); /* key lives in doc */
             json_decref(doc);
+            num_pool_done(&pool);
             return ret;
         }
     if (!json_is_array(jx) || json_array_size(jx) == 0) {
         json_decref(doc);
+        num_pool_done(&pool);
         return http_send_error(c, 400, "INVALID", "expected {\"x\": [[...], ...]} with at least one input");
     }
     size_t n = json_array_size(jx);
@@ -387,8 +439,8 @@ static int handle_predict(struct http_server *h, struct MHD_Connection *c, struc
     for (size_t i = 0; i < n; i++) {
         char where[48];
         snprintf(where, sizeof(where), "input %zu", i);
-        if (read_vector(h, json_array_get(jx, i), p->input_dim, x + i * (size_t)p->input_dim, where, msg,
-                        sizeof(msg)) < 0) {
+        if (read_vector(h, &pool, json_array_get(jx, i), p->input_dim, x + i * (size_t)p->input_dim, where,
+                        msg, sizeof(msg)) < 0) {
             ret = http_send_error(c, 400, "INVALID", "%s", msg);
             goto done;
         }
@@ -428,6 +480,7 @@ static int handle_predict(struct http_server *h, struct MHD_Connection *c, struc
     ret = http_send_json(c, 200, json_pack("{s:o}", "predictions", preds));
 done:
     json_decref(doc);
+    num_pool_done(&pool);
     free(x);
     free(out);
     free(probs);
@@ -599,7 +652,7 @@ static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
 /* ---- routing ---- */
 
 static int dispatch(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
-                    const char *body, size_t len, enum http_endpoint *ep)
+                    char *body, size_t len, enum http_endpoint *ep)
 {
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
     if (!strcmp(url, "/livez")) {
@@ -673,7 +726,7 @@ static int dispatch(struct http_server *h, struct MHD_Connection *c, const char 
 }
 
 int http_route(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
-               const char *body, size_t len, double t0)
+               char *body, size_t len, double t0)
 {
     enum http_endpoint ep = HTTP_EP_OTHER;
     /* The status is read back from MHD's point of view: dispatch records

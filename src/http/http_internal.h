@@ -36,8 +36,9 @@ struct http_server {
     uint64_t bad_requests;
 };
 
+/* body is the request's own buffer: numeric arrays are rewritten in place. */
 int http_route(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
-               const char *body, size_t len, double t0);
+               char *body, size_t len, double t0);
 void http_metrics_request(struct http_server *h, enum http_endpoint ep, int status, double seconds);
 
 int http_send(struct MHD_Connection *c, int status, const char *type, char *body, size_t len,

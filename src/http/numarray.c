@@ -1,0 +1,202 @@
+/* numarray.c: see numarray.h. */
+#include "numarray.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define MIN_SPAN 48 /* placeholder text: "\u0001" + 16 + index + quotes */
+
+void num_pool_init(struct num_pool *p)
+{
+    memset(p, 0, sizeof(*p));
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r)) r = (uint64_t)(uintptr_t)p ^ 0x9e3779b97f4a7c15ULL;
+    snprintf(p->nonce, sizeof(p->nonce), "%016llx", (unsigned long long)r);
+}
+
+void num_pool_done(struct num_pool *p)
+{
+    free(p->v);
+    free(p->first);
+    free(p->count);
+    free(p->all_int);
+    memset(p, 0, sizeof(*p));
+}
+
+static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                       1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* Parse one JSON number at s (strict grammar).  Returns the end, or NULL if
+ * it is not a valid, finite JSON number.  Small cases take Clinger's exact
+ * fast path; the rest go through strtod, as jansson's do, so the double is
+ * the same either way. */
+static const char *parse_number(const char *s, const char *end, double *out, bool *is_int)
+{
+    const char *p = s;
+    bool neg = false;
+    if (p < end && *p == '-') neg = true, p++;
+    if (p >= end) return NULL;
+    uint64_t mant = 0;
+    int sig = 0, frac_digits = 0;
+    bool inexact = false; /* more than 19 significant digits */
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (sig < 19) mant = mant * 10 + (uint64_t)(*p - '0'), sig++;
+            else inexact = true, frac_digits--; /* dropped integer digit: scale up */
+            p++;
+        }
+    } else {
+        return NULL;
+    }
+    *is_int = true;
+    if (p < end && *p == '.') {
+        *is_int = false;
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return NULL;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (sig < 19) mant = mant * 10 + (uint64_t)(*p - '0'), sig++, frac_digits++;
+            else inexact = true;
+            p++;
+        }
+    }
+    int exp10 = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *is_int = false;
+        p++;
+        int esign = 1;
+        if (p < end && (*p == '+' || *p == '-')) esign = *p == '-' ? -1 : 1, p++;
+        if (p >= end || *p < '0' || *p > '9') return NULL;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (exp10 < 100000) exp10 = exp10 * 10 + (*p - '0');
+            p++;
+        }
+        exp10 *= esign;
+    }
+    int e = exp10 - frac_digits;
+    if (!inexact && sig <= 15 && e >= -22 && e <= 22) {
+        double v = (double)mant;
+        v = e >= 0 ? v * pow10_exact[e] : v / pow10_exact[-e];
+        *out = neg ? -v : v;
+        return p;
+    }
+    char buf[512];
+    size_t len = (size_t)(p - s);
+    if (len >= sizeof(buf)) return NULL;
+    memcpy(buf, s, len);
+    buf[len] = 0;
+    double v = strtod(buf, NULL);
+    if (!isfinite(v)) return NULL; /* jansson reports the overflow */
+    *out = v;
+    return p;
+}
+
+static int pool_push_array(struct num_pool *pool, size_t first, size_t count, bool all_int)
+{
+    if (pool->n_arr == pool->cap_arr) {
+        size_t cap = pool->cap_arr ? 2 * pool->cap_arr : 256;
+        size_t *f = realloc(pool->first, cap * sizeof(*f));
+        if (!f) return -1;
+        pool->first = f;
+        size_t *c = realloc(pool->count, cap * sizeof(*c));
+        if (!c) return -1;
+        pool->count = c;
+        bool *ai = realloc(pool->all_int, cap * sizeof(*ai));
+        if (!ai) return -1;
+        pool->all_int = ai;
+        pool->cap_arr = cap;
+    }
+    pool->first[pool->n_arr] = first;
+    pool->count[pool->n_arr] = count;
+    pool->all_int[pool->n_arr] = all_int;
+    pool->n_arr++;
+    return 0;
+}
+
+static inline bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+int numarray_extract(char *body, size_t *len, struct num_pool *pool)
+{
+    /* Read at p, write at w <= p: a placeholder is shorter than the array
+     * it replaces, so the body shrinks in place and jansson parses only
+     * the skeleton. */
+    char *const end = body + *len;
+    char *p = body, *w = body;
+    while (p < end) {
+        char c = *p;
+        if (c == '"') { /* copy a string, escapes included */
+            char *s0 = p++;
+            while (p < end && *p != '"') p += *p == '\\' ? 2 : 1;
+            if (p < end) p++;
+            if (p > end) p = end;
+            memmove(w, s0, (size_t)(p - s0));
+            w += p - s0;
+            continue;
+        }
+        if (c != '[') {
+            *w++ = *p++;
+            continue;
+        }
+        /* Try to read [number (, number)*] */
+        char *open = p, *q = p + 1;
+        size_t first = pool->n;
+        bool ok = false, all_int = true;
+        while (q < end && is_ws(*q)) q++;
+        while (q < end) {
+            if (pool->n == pool->cap) {
+                size_t cap = pool->cap ? 2 * pool->cap : 4096;
+                double *v = realloc(pool->v, cap * sizeof(double));
+                if (!v) return -1;
+                pool->v = v;
+                pool->cap = cap;
+            }
+            bool is_int;
+            const char *after = parse_number(q, end, &pool->v[pool->n], &is_int);
+            if (!after) break;
+            all_int &= is_int;
+            pool->n++;
+            q = (char *)after;
+            while (q < end && is_ws(*q)) q++;
+            if (q < end && *q == ',') {
+                q++;
+                while (q < end && is_ws(*q)) q++;
+                continue;
+            }
+            if (q < end && *q == ']') ok = true;
+            break;
+        }
+        size_t span = ok ? (size_t)(q + 1 - open) : 0;
+        if (!ok || span < MIN_SPAN) {
+            pool->n = first; /* leave it to jansson */
+            *w++ = *p++;
+            continue;
+        }
+        if (pool_push_array(pool, first, pool->n - first, all_int) < 0) return -1;
+        char ph[MIN_SPAN];
+        int n = snprintf(ph, sizeof(ph), "\"\\u0001%s%zu\"", pool->nonce, pool->n_arr - 1);
+        memcpy(w, ph, (size_t)n);
+        w += n;
+        p = q + 1;
+    }
+    *len = (size_t)(w - body);
+    return 0;
+}
+
+bool numarray_lookup(const struct num_pool *pool, const char *s, const double **ret, size_t *ret_n,
+                     bool *ret_all_int)
+{
+    if (!s || s[0] != '\x01' || strncmp(s + 1, pool->nonce, 16) != 0) return false;
+    char *endp;
+    unsigned long long k = strtoull(s + 17, &endp, 10);
+    if (*endp || s[17] == 0 || k >= pool->n_arr) return false;
+    *ret = pool->v + pool->first[k];
+    *ret_n = pool->count[k];
+    *ret_all_int = pool->all_int[k];
+    return true;
+}
