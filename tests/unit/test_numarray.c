@@ -1,0 +1,130 @@
+/* test_numarray.c: the fast numeric-array path gives exactly what jansson
+ * (strtod) gives, leaves everything unusual to jansson, and cannot be
+ * spoofed by a client-written string. */
+#include "check_run.h"
+#include "numarray.h"
+
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+START_TEST(numbers_parse_exactly_as_strtod)
+{
+    /* Many shapes of numbers: integers, fractions, exponents, long mantissas. */
+    const char *nums[] = {"0", "-0", "1", "-17", "0.5", "3.14159265358979", "1e-7", "-2.5E+3", "123456789012345678",
+                          "0.000001234567", "9.99999999e37", "1.17549435e-38", "4.9e-324", "0.1", "0.2", "0.3",
+                          "1234567.125", "7e22", "7e23", "1.0000000000000002"};
+    const int n = sizeof(nums) / sizeof(nums[0]);
+    char body[4096] = "{\"x\":[";
+    for (int i = 0; i < n; i++) strcat(body, i ? "," : ""), strcat(body, nums[i]);
+    strcat(body, "]}");
+    size_t len = strlen(body);
+    struct num_pool pool;
+    num_pool_init(&pool);
+    ck_assert_int_eq(numarray_extract(body, &len, &pool), 0);
+    json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    ck_assert_ptr_nonnull(doc);
+    const double *v;
+    size_t cnt;
+    bool all_int;
+    ck_assert(numarray_lookup(&pool, json_string_value(json_object_get(doc, "x")), &v, &cnt, &all_int));
+    ck_assert_uint_eq(cnt, (size_t)n);
+    ck_assert(!all_int);
+    for (int i = 0; i < n; i++) {
+        double want = strtod(nums[i], NULL);
+        ck_assert_msg(memcmp(&v[i], &want, sizeof(double)) == 0, "%s: %.17g vs %.17g", nums[i], v[i], want);
+    }
+    json_decref(doc);
+    num_pool_done(&pool);
+
+    /* Random decimals with up to 9 digits, as clients send floats. */
+    srand(3);
+    for (int round = 0; round < 200; round++) {
+        char b[8192] = "[", num[64];
+        double want[300];
+        for (int i = 0; i < 300; i++) {
+            double d = (rand() / (double)RAND_MAX - 0.5) * pow(10, rand() % 20 - 10);
+            snprintf(num, sizeof(num), "%.*g", 1 + rand() % 9, d);
+            want[i] = strtod(num, NULL);
+            strcat(b, i ? "," : "");
+            strcat(b, num);
+        }
+        strcat(b, "]");
+        size_t l = strlen(b);
+        num_pool_init(&pool);
+        ck_assert_int_eq(numarray_extract(b, &l, &pool), 0);
+        b[l] = 0;
+        json_t *s = json_loadb(b, l, JSON_DECODE_ANY, NULL);
+        ck_assert(numarray_lookup(&pool, json_string_value(s), &v, &cnt, &all_int));
+        ck_assert_uint_eq(cnt, 300);
+        ck_assert_mem_eq(v, want, sizeof(want));
+        json_decref(s);
+        num_pool_done(&pool);
+    }
+}
+END_TEST
+
+START_TEST(unusual_arrays_are_left_to_jansson)
+{
+    const char *bodies[] = {
+        "{\"x\":[1,2,3]}",                                            /* short: stays an array */
+        "{\"x\":[NaN,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18]}", /* invalid: jansson's error */
+        "{\"x\":[1e999,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18]}",
+        "{\"x\":[01,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19]}",
+        "{\"x\":[1.,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19]}",
+        "{\"s\":\"[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]\"}", /* inside a string */
+    };
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        char b[256];
+        snprintf(b, sizeof(b), "%s", bodies[i]);
+        size_t l = strlen(b);
+        struct num_pool pool;
+        num_pool_init(&pool);
+        ck_assert_int_eq(numarray_extract(b, &l, &pool), 0);
+        ck_assert_uint_eq(pool.n_arr, 0);
+        ck_assert_uint_eq(l, strlen(bodies[i]));
+        ck_assert_mem_eq(b, bodies[i], l);
+        num_pool_done(&pool);
+    }
+}
+END_TEST
+
+START_TEST(placeholders_cannot_be_spoofed)
+{
+    char b[512] = "{\"x\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24]}";
+    size_t l = strlen(b);
+    struct num_pool pool;
+    num_pool_init(&pool);
+    ck_assert_int_eq(numarray_extract(b, &l, &pool), 0);
+    ck_assert_uint_eq(pool.n_arr, 1);
+    const double *v;
+    size_t cnt;
+    bool all_int;
+    json_t *doc = json_loadb(b, l, 0, NULL);
+    ck_assert(numarray_lookup(&pool, json_string_value(json_object_get(doc, "x")), &v, &cnt, &all_int));
+    ck_assert(all_int);
+    ck_assert_uint_eq(cnt, 24);
+    json_decref(doc);
+    /* A client's own "\u0001..." string with another nonce or index is not ours. */
+    ck_assert(!numarray_lookup(&pool, "\x01" "0000000000000000" "0", &v, &cnt, &all_int));
+    char forged[64];
+    snprintf(forged, sizeof(forged), "\x01%s7", pool.nonce);
+    ck_assert(!numarray_lookup(&pool, forged, &v, &cnt, &all_int));
+    ck_assert(!numarray_lookup(&pool, "plain", &v, &cnt, &all_int));
+    num_pool_done(&pool);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("numarray");
+    TCase *tc = tcase_create("numarray");
+    tcase_add_test(tc, numbers_parse_exactly_as_strtod);
+    tcase_add_test(tc, unusual_arrays_are_left_to_jansson);
+    tcase_add_test(tc, placeholders_cannot_be_spoofed);
+    suite_add_tcase(s, tc);
+    return check_run(s);
+}
