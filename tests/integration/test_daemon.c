@@ -322,7 +322,7 @@ struct bad {
 START_TEST(bad_requests_get_a_json_error_and_change_nothing)
 {
     struct daemon d;
-    const char *extra[] = {"--body-max-bytes", "65536", "--input-dim-max", "64", NULL};
+    const char *extra[] = {"--body-max-bytes", "65536", "--input-dim-max", "64", "--queue-samples", "64", NULL};
     daemon_start(&d, extra);
     json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
     struct tame_rng r;
@@ -417,6 +417,14 @@ START_TEST(bad_requests_get_a_json_error_and_change_nothing)
     ck_assert_int_eq(rp.status, 413);
     free(rp.body);
     free(huge);
+    /* More samples than the queue can ever hold: 429 with Retry-After. */
+    char *too_many = samples_body(&r, 0, 100, true);
+    rp = request(d.port, "POST", "/v1/models/m/samples", J, too_many, strlen(too_many), NULL);
+    ck_assert_int_eq(rp.status, 429);
+    ck_assert_str_eq(rp.retry_after, "1");
+    ck_assert_ptr_nonnull(strstr(rp.body, "\"BUSY\""));
+    free(rp.body);
+    free(too_many);
     /* The model is unchanged: same acknowledged count. */
     json_t *after = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
     ck_assert_int_eq((long)jnum(after, "samples_acknowledged"), (long)jnum(before, "samples_acknowledged"));
@@ -438,6 +446,29 @@ static double metric(const char *text, const char *series)
     }
     return NAN;
 }
+
+/* tamed --healthcheck against a port: its exit status. */
+static int healthcheck(int port)
+{
+    char listen[64];
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
+    const char *argv[] = {tamed_bin, "--healthcheck", "--listen", listen, NULL};
+    pid_t pid;
+    ck_assert_int_eq(posix_spawn(&pid, tamed_bin, NULL, NULL, (char *const *)argv, environ), 0);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+START_TEST(healthcheck_mode_reports_liveness)
+{
+    struct daemon d;
+    daemon_start(&d, NULL);
+    ck_assert_int_eq(healthcheck(d.port), 0);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    ck_assert_int_eq(healthcheck(d.port), 1);
+}
+END_TEST
 
 START_TEST(metrics_parse_and_count_what_was_sent)
 {
@@ -620,6 +651,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, three_task_stream_is_learned_routed_and_predicted_while_training);
     tcase_add_test(tc, bad_requests_get_a_json_error_and_change_nothing);
     tcase_add_test(tc, metrics_parse_and_count_what_was_sent);
+    tcase_add_test(tc, healthcheck_mode_reports_liveness);
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
     tcase_add_test(tc, sigterm_during_ingest_exits_0_with_every_acknowledged_sample_trained);
     suite_add_tcase(s, tc);

@@ -1,0 +1,36 @@
+#!/bin/sh
+# bench/http.sh: the daemon benchmarks of the README.  Starts tamed on
+# 127.0.0.1:18181, streams Split Fashion-MNIST over HTTP (tame-eval --url, 128-sample
+# requests) and in-process for the ingest ratio, then measures single-sample
+# predictions with wrk at 1 and 64 connections while another stream trains.
+# Usage: bench/http.sh [BUILD_DIR] [EPOCHS]
+set -eu
+build=${1:-build}
+epochs=${2:-1}
+out=bench/out
+mkdir -p "$out"
+"$build/tamed" --listen 127.0.0.1:18181 --workers 1 --step-threads 2 --http-threads 2 \
+  > "$out/tamed-bench.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null' EXIT
+sleep 0.5
+"$build/tame-eval" --quiet --epochs "$epochs" --json "$out/ingest-http.json" \
+  --url http://127.0.0.1:18181 > /dev/null
+"$build/tame-eval" --quiet --epochs "$epochs" --json "$out/ingest-inprocess.json" > /dev/null
+# One single-sample prediction body (the first test image, as 784 pixels).
+python3 - <<'PY' 2>/dev/null || printf '{"x":[[%s]]}' "$(seq -s, 0 783 | sed 's/[0-9]\+/0.5/g')" > "$out/predict-body.json"
+import gzip, json
+b = gzip.open('/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz').read()[16:16 + 784]
+open('bench/out/predict-body.json', 'w').write(json.dumps({'x': [[v / 255 for v in b]]}))
+PY
+# A second model keeps training while wrk predicts from the first.
+"$build/tame-eval" --quiet --epochs 3 --seed 2 --url http://127.0.0.1:18181 > /dev/null &
+feeder=$!
+sleep 1
+for c in 1 64; do
+  echo "== predict, $c connections"
+  t=2; [ "$c" -eq 1 ] && t=1
+  wrk -t $t -c $c -d 10s --latency -s bench/predict.lua \
+    http://127.0.0.1:18181/v1/models/tame-eval-split-1/predict | tee "$out/wrk-$c.txt"
+done
+kill $feeder 2>/dev/null || true
