@@ -305,8 +305,8 @@ static bool is_json(struct MHD_Connection *c)
     return t && !strncasecmp(t, "application/json", 16) && (t[16] == 0 || t[16] == ';' || t[16] == ' ');
 }
 
-/* Parse a JSON body; with a pool, numeric arrays go to it first. */
-static json_t *parse_body(struct MHD_Connection *c, char *body, size_t len, struct num_pool *pool, int *ret)
+static json_t *parse_body_json(struct MHD_Connection *c, char *body, size_t len, struct num_pool *pool,
+                               int *ret)
 {
     if (!is_json(c)) {
         *ret = http_send_error(c, 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json");
@@ -323,6 +323,16 @@ static json_t *parse_body(struct MHD_Connection *c, char *body, size_t len, stru
     json_error_t err;
     json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
     if (!doc) *ret = http_send_error(c, 400, "MALFORMED_JSON", "line %d column %d: %s", err.line, err.column, err.text);
+    return doc;
+}
+
+/* Parse a JSON body; with a pool (initialised here, and released here on
+ * failure), numeric arrays go to it first. */
+static json_t *parse_body(struct MHD_Connection *c, char *body, size_t len, struct num_pool *pool, int *ret)
+{
+    if (pool) num_pool_init(pool);
+    json_t *doc = parse_body_json(c, body, len, pool, ret);
+    if (!doc && pool) num_pool_done(pool);
     return doc;
 }
 
@@ -375,12 +385,8 @@ static int handle_samples(struct http_server *h, struct MHD_Connection *c, struc
 {
     int ret;
     struct num_pool pool;
-    num_pool_init(&pool);
     json_t *doc = parse_body(c, body, len, &pool, &ret);
-    if (!doc) {
-        num_pool_done(&pool);
-        return ret;
-    }
+    if (!doc) return ret;
     float *x;
     int *y, n;
     char msg[256];
@@ -405,12 +411,8 @@ static int handle_predict(struct http_server *h, struct MHD_Connection *c, struc
 {
     int ret;
     struct num_pool pool;
-    num_pool_init(&pool);
     json_t *doc = parse_body(c, body, len, &pool, &ret);
-    if (!doc) {
-        num_pool_done(&pool);
-        return ret;
-    }
+    if (!doc) return ret;
     const struct tame_params *p = serve_model_params(m);
     json_t *jx = json_is_object(doc) ? json_object_get(doc, "x") : NULL;
     const char *key;
