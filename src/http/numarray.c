@@ -86,6 +86,20 @@ static const char *parse_number(const char *s, const char *end, double *out, boo
         *out = neg ? -v : v;
         return p;
     }
+#if defined(__x86_64__) || defined(__i386__)
+    /* 16-19 digits (what printing a double gives): the x87 format holds the
+     * mantissa and 10^e (|e| <= 27) exactly, so one rounding to 64 bits and
+     * one to the double; it can differ from strtod only on a decimal within
+     * 2^-64 of a halfway point between two doubles. */
+    if (!inexact && e >= -27 && e <= 27) {
+        long double pw = 1.0L;
+        for (int i = 0; i < (e >= 0 ? e : -e); i++) pw *= 10.0L;
+        long double v = (long double)mant;
+        v = e >= 0 ? v * pw : v / pw;
+        *out = (double)(neg ? -v : v);
+        return p;
+    }
+#endif
     char buf[512];
     size_t len = (size_t)(p - s);
     if (len >= sizeof(buf)) return NULL;

@@ -40,6 +40,30 @@ START_TEST(numbers_parse_exactly_as_strtod)
     json_decref(doc);
     num_pool_done(&pool);
 
+    /* Random doubles printed with 17 digits, as most JSON encoders write
+     * them: the extended-precision path agrees with strtod. */
+    srand(5);
+    for (int round = 0; round < 100; round++) {
+        char b[16384] = "[", num[64];
+        double want[500];
+        for (int i = 0; i < 500; i++) {
+            double d = (rand() / (double)RAND_MAX) * pow(10, rand() % 12 - 8);
+            snprintf(num, sizeof(num), "%.17g", d);
+            want[i] = strtod(num, NULL);
+            strcat(b, i ? "," : "");
+            strcat(b, num);
+        }
+        strcat(b, "]");
+        size_t l = strlen(b);
+        num_pool_init(&pool);
+        ck_assert_int_eq(numarray_extract(b, &l, &pool), 0);
+        json_t *s = json_loadb(b, l, JSON_DECODE_ANY, NULL);
+        ck_assert(numarray_lookup(&pool, json_string_value(s), &v, &cnt, &all_int));
+        ck_assert_uint_eq(cnt, 500);
+        for (int i = 0; i < 500; i++) ck_assert_msg(v[i] == want[i], "%.17g vs %.17g", v[i], want[i]);
+        json_decref(s);
+        num_pool_done(&pool);
+    }
     /* Random decimals with up to 9 digits, as clients send floats. */
     srand(3);
     for (int round = 0; round < 200; round++) {
