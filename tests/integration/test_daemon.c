@@ -20,6 +20,7 @@
 
 extern char **environ;
 static const char *tamed_bin;
+static const char *openapi_path;
 
 struct daemon {
     pid_t pid;
@@ -447,6 +448,40 @@ static double metric(const char *text, const char *series)
     return NAN;
 }
 
+START_TEST(every_path_of_the_openapi_contract_is_served)
+{
+    struct daemon d;
+    daemon_start(&d, NULL);
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    FILE *f = fopen(openapi_path, "r");
+    ck_assert_msg(f != NULL, "cannot open %s", openapi_path);
+    char line[512];
+    bool in_paths = false;
+    int checked = 0;
+    while (fgets(line, sizeof(line), f)) {
+        if (!strncmp(line, "paths:", 6)) in_paths = true;
+        if (!in_paths || strncmp(line, "  /", 3) != 0) continue;
+        /* "  /v1/models/{m}/samples:" -> "/v1/models/m/samples" */
+        char path[256] = "";
+        size_t k = 0;
+        for (const char *c = line + 2; *c && *c != ':' && k < sizeof(path) - 2; c++) {
+            if (!strncmp(c, "{m}", 3)) path[k++] = 'm', c += 2;
+            else path[k++] = *c;
+        }
+        path[k] = 0;
+        /* The route exists: any answer but "no route" (GET on a POST-only path is 405). */
+        struct reply r = call(d.port, "GET", path, NULL);
+        ck_assert_msg(r.status != 404 || !strstr(r.body, "no route"), "%s is in the contract but not served", path);
+        ck_assert_msg(r.status == 200 || r.status == 405, "%s: %ld %s", path, r.status, r.body);
+        free(r.body);
+        checked++;
+    }
+    fclose(f);
+    ck_assert_int_eq(checked, 9);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
 /* tamed --healthcheck against a port: its exit status. */
 static int healthcheck(int port)
 {
@@ -638,8 +673,9 @@ END_TEST
 int main(int argc, char **argv)
 {
     tamed_bin = argc > 1 ? argv[1] : getenv("TAMED");
+    openapi_path = argc > 2 ? argv[2] : "api/openapi.yaml";
     if (!tamed_bin) {
-        fprintf(stderr, "usage: test_daemon PATH_TO_TAMED\n");
+        fprintf(stderr, "usage: test_daemon PATH_TO_TAMED [PATH_TO_OPENAPI_YAML]\n");
         return 2;
     }
     snprintf(token_path, sizeof(token_path), "/tmp/tamed-token-%d", getpid());
@@ -652,6 +688,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, bad_requests_get_a_json_error_and_change_nothing);
     tcase_add_test(tc, metrics_parse_and_count_what_was_sent);
     tcase_add_test(tc, healthcheck_mode_reports_liveness);
+    tcase_add_test(tc, every_path_of_the_openapi_contract_is_served);
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
     tcase_add_test(tc, sigterm_during_ingest_exits_0_with_every_acknowledged_sample_trained);
     suite_add_tcase(s, tc);
