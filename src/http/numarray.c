@@ -31,52 +31,60 @@ static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6, 
                                        1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
+static inline bool is_digit(char c) { return (unsigned char)(c - '0') < 10; }
+
 /* Parse one JSON number at s (strict grammar).  Returns the end, or NULL if
- * it is not a valid, finite JSON number.  Small cases take Clinger's exact
- * fast path; the rest go through strtod, as jansson's do, so the double is
- * the same either way. */
-static const char *parse_number(const char *s, const char *end, double *out, bool *is_int)
+ * it is not a valid, finite JSON number.  The buffer must end in a NUL
+ * (a non-digit) so the digit loops need no bounds checks.  Up to 15
+ * significant digits take Clinger's exact fast path; the rest go through
+ * extended precision or strtod, as jansson's do, so the double is the
+ * same either way. */
+static const char *parse_number(const char *s, double *out, bool *is_int)
 {
     const char *p = s;
-    bool neg = false;
-    if (p < end && *p == '-') neg = true, p++;
-    if (p >= end) return NULL;
+    bool neg = *p == '-';
+    p += neg;
     uint64_t mant = 0;
     int sig = 0, frac_digits = 0;
     bool inexact = false; /* more than 19 significant digits */
     if (*p == '0') {
         p++;
     } else if (*p >= '1' && *p <= '9') {
-        while (p < end && *p >= '0' && *p <= '9') {
+        do {
             if (sig < 19) mant = mant * 10 + (uint64_t)(*p - '0'), sig++;
-            else inexact = true, frac_digits--; /* dropped integer digit: scale up */
+            else inexact = true;
             p++;
-        }
+        } while (is_digit(*p));
     } else {
         return NULL;
     }
     *is_int = true;
-    if (p < end && *p == '.') {
+    if (*p == '.') {
         *is_int = false;
         p++;
-        if (p >= end || *p < '0' || *p > '9') return NULL;
-        while (p < end && *p >= '0' && *p <= '9') {
-            if (sig < 19) mant = mant * 10 + (uint64_t)(*p - '0'), sig++, frac_digits++;
+        if (!is_digit(*p)) return NULL;
+        const char *f0 = p;
+        /* Leading zeros of a fraction are not significant digits. */
+        if (sig == 0)
+            while (*p == '0') p++;
+        while (is_digit(*p)) {
+            if (sig < 19) mant = mant * 10 + (uint64_t)(*p - '0'), sig++;
             else inexact = true;
             p++;
         }
+        frac_digits = (int)(p - f0); /* when inexact, strtod below decides */
     }
     int exp10 = 0;
-    if (p < end && (*p == 'e' || *p == 'E')) {
+    if (*p == 'e' || *p == 'E') {
         *is_int = false;
         p++;
         int esign = 1;
-        if (p < end && (*p == '+' || *p == '-')) esign = *p == '-' ? -1 : 1, p++;
-        if (p >= end || *p < '0' || *p > '9') return NULL;
-        while (p < end && *p >= '0' && *p <= '9') {
+        if (*p == '+' || *p == '-') esign = *p == '-' ? -1 : 1, p++;
+        if (!is_digit(*p)) return NULL;
+        do {
             if (exp10 < 100000) exp10 = exp10 * 10 + (*p - '0');
             p++;
-        }
+        } while (is_digit(*p));
         exp10 *= esign;
     }
     int e = exp10 - frac_digits;
@@ -171,7 +179,8 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
                 pool->cap = cap;
             }
             bool is_int;
-            const char *after = parse_number(q, end, &pool->v[pool->n], &is_int);
+            const char *after = parse_number(q, &pool->v[pool->n], &is_int);
+            if (after && after > end) after = NULL;
             if (!after) break;
             all_int &= is_int;
             pool->n++;

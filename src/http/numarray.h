@@ -29,7 +29,7 @@ struct num_pool {
 void num_pool_init(struct num_pool *p);
 void num_pool_done(struct num_pool *p);
 /* Rewrite body[0..*len) in place (it only shrinks; *len is updated);
- * returns 0 or -1 when out of memory. */
+ * body[*len] must be a NUL on entry.  Returns 0 or -1 when out of memory. */
 int numarray_extract(char *body, size_t *len, struct num_pool *pool);
 /* If s is one of this pool's placeholders: its numbers. */
 bool numarray_lookup(const struct num_pool *pool, const char *s, const double **ret, size_t *ret_n,

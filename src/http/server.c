@@ -131,10 +131,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         /* Count every byte, chunked or not; keep none past the cap. */
         if (!req->too_large && req->len + *upload_size > h->cfg.body_max_bytes) req->too_large = true;
         if (!req->too_large) {
-            if (req->len + *upload_size > req->cap) {
+            if (req->len + *upload_size + 1 > req->cap) { /* +1: the NUL parsers rely on */
                 size_t cap = req->cap ? req->cap : 4096;
-                while (cap < req->len + *upload_size) cap *= 2;
-                if (cap > h->cfg.body_max_bytes) cap = h->cfg.body_max_bytes;
+                while (cap < req->len + *upload_size + 1) cap *= 2;
+                if (cap > h->cfg.body_max_bytes + 1) cap = h->cfg.body_max_bytes + 1;
                 char *nb = realloc(req->body, cap);
                 if (!nb) return MHD_NO;
                 req->body = nb;
@@ -142,6 +142,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             }
             memcpy(req->body + req->len, upload_data, *upload_size);
             req->len += *upload_size;
+            req->body[req->len] = 0;
         }
         *upload_size = 0;
         return MHD_YES;
