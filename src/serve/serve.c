@@ -315,7 +315,7 @@ int serve_events(struct serve_model *m, uint64_t from, int limit, struct tame_ev
         pthread_mutex_unlock(&m->mu);
         return TAME_E_NOMEM;
     }
-    memcpy(ev, m->events + start, n * sizeof(*ev));
+    if (n) memcpy(ev, m->events + start, n * sizeof(*ev));
     *ret_next = start + n < m->n_events ? start + n : UINT64_MAX;
     pthread_mutex_unlock(&m->mu);
     *ret = ev;
