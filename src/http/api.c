@@ -18,7 +18,6 @@ void http_metrics_request(struct http_server *h, enum http_endpoint ep, int stat
     pthread_mutex_lock(&h->metrics_mu);
     int cls = status / 100;
     if (cls >= 1 && cls <= 5) h->requests[ep][cls]++;
-    if (status == 400) h->bad_requests++;
     for (int b = 0; b < HTTP_BUCKETS; b++)
         if (seconds <= http_bucket_le[b]) h->duration_bucket[ep][b]++;
     h->duration_count[ep]++;

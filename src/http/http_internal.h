@@ -33,7 +33,6 @@ struct http_server {
     uint64_t duration_bucket[HTTP_EP_COUNT][HTTP_BUCKETS];
     uint64_t duration_count[HTTP_EP_COUNT];
     double duration_sum[HTTP_EP_COUNT];
-    uint64_t bad_requests;
 };
 
 /* body is the request's own buffer: numeric arrays are rewritten in place. */

@@ -23,7 +23,7 @@ struct serve_model {
     struct serve *s;
     atomic_int refs;                  /* registry + requests + workers */
     /* guarded by s->mu */
-    bool busy, deleted, in_registry;
+    bool busy;
     /* guarded by mu */
     pthread_mutex_t mu;
     float *qx;                        /* ring [queue_cap x input_dim] */
@@ -44,7 +44,6 @@ struct serve {
     struct serve_config cfg;
     pthread_mutex_t mu;
     pthread_cond_t work_cv;           /* a model may have work; or stopping */
-    pthread_cond_t idle_cv;           /* a worker finished a round */
     struct serve_model **models;
     int n_models, models_cap;
     bool stopping, draining, stopped;
@@ -176,7 +175,6 @@ int serve_create(struct serve *s, const char *name, const struct tame_params *p)
             if (nm) s->models = nm, s->models_cap = cap;
         }
         if (s->n_models < s->models_cap) {
-            m->in_registry = true;
             s->models[s->n_models++] = m;
             rc = 0;
         }
@@ -198,8 +196,6 @@ int serve_delete(struct serve *s, const char *name)
     }
     struct serve_model *m = s->models[i];
     s->models[i] = s->models[--s->n_models];
-    m->deleted = true;
-    m->in_registry = false;
     pthread_mutex_unlock(&s->mu);
     serve_put(m); /* the registry's reference */
     return 0;
@@ -496,7 +492,6 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&s->mu);
         m->busy = false;
         pthread_cond_broadcast(&s->work_cv);
-        pthread_cond_broadcast(&s->idle_cv);
         pthread_mutex_unlock(&s->mu);
         serve_put(m);
         pthread_mutex_lock(&s->mu);
@@ -515,7 +510,6 @@ int serve_new(const struct serve_config *cfg, struct serve **ret)
     s->cfg = *cfg;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
-    pthread_cond_init(&s->idle_cv, NULL);
     pthread_cond_init(&s->sel_cv, NULL);
     s->workers = calloc((size_t)cfg->workers, sizeof(pthread_t));
     if (!s->workers) {
@@ -570,7 +564,6 @@ void serve_free(struct serve *s)
     free(s->workers);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->work_cv);
-    pthread_cond_destroy(&s->idle_cv);
     pthread_cond_destroy(&s->sel_cv);
     free(s);
 }
