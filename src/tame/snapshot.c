@@ -38,7 +38,17 @@ int tame_learner_snapshot(const struct tame_learner *l, struct tame_snapshot **r
     for (int k = 0; k < l->n_experts; k++) {
         if (nn_mlp_clone_frozen(l->experts[k]->net, &s->experts[k]) < 0) goto fail;
         s->n_experts = k + 1;
-        memcpy(s->labels + (size_t)k * s->classes, l->experts[k]->labels, (size_t)s->classes);
+        uint8_t *lab = s->labels + (size_t)k * s->classes;
+        memcpy(lab, l->experts[k]->labels, (size_t)s->classes);
+        /* An expert whose first batches are still held back for attribution
+         * predicts among the labels of those batches, not among all. */
+        bool any = false;
+        for (int j = 0; j < s->classes; j++) any |= lab[j] != 0;
+        for (int i = 0; !any && i < l->pend_len; i++) {
+            const struct tame_pending *q = &l->pending[(l->pend_head + i) % l->p.attribution_batches];
+            if (q->expert != k) continue;
+            for (int j = 0; j < q->n; j++) lab[q->y[j]] = 1;
+        }
     }
     if (l->selector) {
         if (nn_mlp_clone_frozen(l->selector, &s->selector) < 0) goto fail;
