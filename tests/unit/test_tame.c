@@ -627,6 +627,39 @@ START_TEST(params_are_validated)
 }
 END_TEST
 
+START_TEST(fresh_expert_predicts_among_the_labels_it_has_seen)
+{
+    /* Two batches: still held back for attribution, yet predictions are
+     * restricted to their labels, not spread over all eight. */
+    struct tame_params p = test_params(13);
+    struct tame_learner *l;
+    ck_assert_int_eq(tame_learner_new(&p, &l), 0);
+    struct tame_rng r;
+    tame_rng_seed(&r, 1100);
+    feed(l, &r, 1, 2, NULL);
+    struct tame_expert_info ei;
+    ck_assert_int_eq(tame_learner_expert_info(l, 0, &ei), 0);
+    for (int j = 0; j < CLASSES; j++) ck_assert_int_eq(ei.labels[j], 0); /* nothing committed yet */
+    struct tame_snapshot *s;
+    ck_assert_int_eq(tame_learner_snapshot(l, &s), 0);
+    struct tame_predict_work *w;
+    ck_assert_int_eq(tame_predict_work_new(s, BS, &w), 0);
+    float x[BS * SYNTH_DIM], probs[BS * CLASSES];
+    int y[BS];
+    struct tame_prediction out[BS];
+    synth_batch(&r, 1, PER_TASK, true, x, y, BS);
+    ck_assert_int_eq(tame_snapshot_predict(s, w, x, BS, -1, out, probs), 0);
+    for (int i = 0; i < BS; i++) {
+        ck_assert(out[i].label == 2 || out[i].label == 3);
+        for (int j = 0; j < CLASSES; j++)
+            if (j != 2 && j != 3) ck_assert_float_eq(probs[i * CLASSES + j], 0.0f);
+    }
+    tame_predict_work_free(w);
+    tame_snapshot_free(s);
+    tame_learner_free(l);
+}
+END_TEST
+
 START_TEST(expert_limit_falls_back_to_reuse)
 {
     struct tame_params p = test_params(12);
@@ -664,6 +697,7 @@ int main(void)
     tcase_add_test(tc, allocation_failures_are_clean_and_change_nothing);
     tcase_add_test(tc, params_are_validated);
     tcase_add_test(tc, expert_limit_falls_back_to_reuse);
+    tcase_add_test(tc, fresh_expert_predicts_among_the_labels_it_has_seen);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
