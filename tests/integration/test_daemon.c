@@ -418,6 +418,32 @@ START_TEST(bad_requests_get_a_json_error_and_change_nothing)
     ck_assert_int_eq(rp.status, 413);
     free(rp.body);
     free(huge);
+    /* A chunked body has no Content-Length: it is counted as it arrives. */
+    {
+        CURL *c = curl_easy_init();
+        char url[128];
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/models/m/samples", d.port);
+        size_t big2 = 200000;
+        char *chunky = malloc(big2 + 1);
+        memset(chunky, ' ', big2);
+        chunky[big2] = 0;
+        struct buf cb = {0};
+        struct curl_slist *hh = curl_slist_append(NULL, "Content-Type: application/json");
+        hh = curl_slist_append(hh, "Transfer-Encoding: chunked");
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hh);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, chunky);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &cb);
+        long status = 0;
+        if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        /* 413, or the connection closed on us: never accepted. */
+        ck_assert_msg(status == 413 || status == 0, "chunked oversized body: %ld", status);
+        curl_slist_free_all(hh);
+        curl_easy_cleanup(c);
+        free(cb.p);
+        free(chunky);
+    }
     /* More samples than the queue can ever hold: 429 with Retry-After. */
     char *too_many = samples_body(&r, 0, 100, true);
     rp = request(d.port, "POST", "/v1/models/m/samples", J, too_many, strlen(too_many), NULL);
