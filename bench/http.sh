@@ -9,7 +9,7 @@ build=${1:-build}
 epochs=${2:-1}
 out=bench/out
 mkdir -p "$out"
-"$build/tamed" --listen 127.0.0.1:18181 --workers 1 --step-threads 2 --http-threads 2 \
+"$build/tamed" --listen 127.0.0.1:18181 --workers 1 --step-threads 1 --http-threads 2 \
   > "$out/tamed-bench.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
@@ -17,6 +17,7 @@ sleep 0.5
 "$build/tame-eval" --quiet --epochs "$epochs" --json "$out/ingest-http.json" \
   --url http://127.0.0.1:18181 > /dev/null
 "$build/tame-eval" --quiet --epochs "$epochs" --json "$out/ingest-inprocess.json" > /dev/null
+"$build/tame-eval" --quiet --epochs "$epochs" --threads 1 --json "$out/ingest-inprocess-1.json" > /dev/null
 # One single-sample prediction body (the first test image, as 784 pixels).
 python3 - <<'PY' 2>/dev/null || printf '{"x":[[%s]]}' "$(seq -s, 0 783 | sed 's/[0-9]\+/0.5/g')" > "$out/predict-body.json"
 import gzip, json

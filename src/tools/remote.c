@@ -6,11 +6,21 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* Formatted floats, direct-mapped by their bits: data often repeats values
+ * (pixels, quantised sensors), and a hit is a copy instead of a conversion. */
+#define FMT_CACHE 4096
+struct fmt_entry {
+    uint32_t bits;
+    uint8_t len;      /* 0 = empty */
+    char text[19];
+};
 
 struct remote {
     CURL *curl;
@@ -18,9 +28,21 @@ struct remote {
     struct curl_slist *headers;
     char *resp;
     size_t resp_len, resp_cap;
-    char *req;
+    char *req;                 /* the body being formatted */
     size_t req_len, req_cap;
     char err[512];
+    struct fmt_entry cache[FMT_CACHE];
+    /* Samples are sent by a sender thread, so that the next request is
+     * formatted while the daemon parses this one.  The connection is used
+     * by one thread at a time: every other call waits for the sender. */
+    pthread_t sender;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool sender_started, busy, stop;
+    int send_rc;               /* first failure of the sender, 0 if none */
+    char *send_buf;            /* the body being sent */
+    size_t send_len, send_cap;
+    char send_path[256];
 };
 
 const char *remote_error(const struct remote *r) { return r->err; }
@@ -74,6 +96,22 @@ static int fmt_float(char *out, float f)
     return (int)(p - out);
 }
 
+static int fmt_cached(struct remote *r, char *out, float f)
+{
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof(bits));
+    struct fmt_entry *e = &r->cache[(bits * 2654435761u) >> 20];
+    if (e->len && e->bits == bits) {
+        memcpy(out, e->text, e->len);
+        return e->len;
+    }
+    int n = fmt_float(out, f);
+    e->bits = bits;
+    e->len = (uint8_t)n;
+    memcpy(e->text, out, (size_t)n);
+    return n;
+}
+
 /* Append n floats as a JSON array. */
 static void out_floats(struct remote *r, const float *x, int n)
 {
@@ -90,10 +128,49 @@ static void out_floats(struct remote *r, const float *x, int n)
     *p++ = '[';
     for (int j = 0; j < n; j++) {
         if (j) *p++ = ',';
-        p += fmt_float(p, x[j]);
+        p += fmt_cached(r, p, x[j]);
     }
     *p++ = ']';
     r->req_len = (size_t)(p - r->req);
+}
+
+static long request(struct remote *r, const char *method, const char *path, const char *body, size_t len);
+
+static void *sender_main(void *arg)
+{
+    struct remote *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->busy && !r->stop) pthread_cond_wait(&r->cv, &r->mu);
+        if (!r->busy) break;
+        pthread_mutex_unlock(&r->mu);
+        int rc = 0;
+        for (;;) {
+            long st = request(r, "POST", r->send_path, r->send_buf, r->send_len);
+            if (st == 200) break;
+            if (st != 429) {
+                rc = TAME_E_IO;
+                break;
+            }
+            usleep(2000); /* the queue is full: the learner is behind */
+        }
+        pthread_mutex_lock(&r->mu);
+        if (rc && !r->send_rc) r->send_rc = rc;
+        r->busy = false;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* Wait until the sender is idle; its first failure, if any. */
+static int sender_sync(struct remote *r)
+{
+    pthread_mutex_lock(&r->mu);
+    while (r->busy) pthread_cond_wait(&r->cv, &r->mu);
+    int rc = r->send_rc;
+    pthread_mutex_unlock(&r->mu);
+    return rc;
 }
 
 int remote_open(const char *base, const char *token, struct remote **ret)
@@ -118,6 +195,13 @@ int remote_open(const char *base, const char *token, struct remote **ret)
     curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(r->curl, CURLOPT_HTTPHEADER, r->headers);
     curl_easy_setopt(r->curl, CURLOPT_TCP_NODELAY, 1L);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    if (pthread_create(&r->sender, NULL, sender_main, r) != 0) {
+        remote_close(r);
+        return TAME_E_NOMEM;
+    }
+    r->sender_started = true;
     *ret = r;
     return 0;
 }
@@ -125,6 +209,17 @@ int remote_open(const char *base, const char *token, struct remote **ret)
 void remote_close(struct remote *r)
 {
     if (!r) return;
+    if (r->sender_started) {
+        pthread_mutex_lock(&r->mu);
+        while (r->busy) pthread_cond_wait(&r->cv, &r->mu);
+        r->stop = true;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->sender, NULL);
+        pthread_mutex_destroy(&r->mu);
+        pthread_cond_destroy(&r->cv);
+    }
+    free(r->send_buf);
     if (r->curl) curl_easy_cleanup(r->curl);
     curl_slist_free_all(r->headers);
     free(r->resp);
@@ -186,6 +281,7 @@ static void out(struct remote *r, const char *fmt, ...)
 
 int remote_create(struct remote *r, const char *name, const struct tame_params *p)
 {
+    if (sender_sync(r) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s", name);
     long st = request(r, "DELETE", path, NULL, 0);
@@ -218,18 +314,25 @@ int remote_samples(struct remote *r, const char *name, const float *x, const int
     out(r, "],\"y\":[");
     for (int i = 0; i < n; i++) out(r, i ? ",%d" : "%d", y[i]);
     out(r, "]}");
-    char path[256];
-    snprintf(path, sizeof(path), "/v1/models/%s/samples", name);
-    for (;;) {
-        long st = request(r, "POST", path, r->req, r->req_len);
-        if (st == 200) return 0;
-        if (st != 429) return TAME_E_IO;
-        usleep(2000); /* the queue is full: the learner is behind */
-    }
+    /* Hand the body to the sender (after the previous one went out) and
+     * return to format the next. */
+    int rc = sender_sync(r);
+    if (rc < 0) return rc;
+    char *t = r->send_buf;
+    size_t tcap = r->send_cap;
+    r->send_buf = r->req, r->send_cap = r->req_cap, r->send_len = r->req_len;
+    r->req = t, r->req_cap = tcap, r->req_len = 0;
+    snprintf(r->send_path, sizeof(r->send_path), "/v1/models/%s/samples", name);
+    pthread_mutex_lock(&r->mu);
+    r->busy = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return 0;
 }
 
 int remote_flush(struct remote *r, const char *name)
 {
+    if (sender_sync(r) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s/flush", name);
     return request(r, "POST", path, "{}", 2) == 200 ? 0 : TAME_E_IO;
@@ -237,6 +340,7 @@ int remote_flush(struct remote *r, const char *name)
 
 int remote_wait(struct remote *r, const char *name, uint64_t trained, bool selector, int *ret_experts)
 {
+    if (sender_sync(r) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s", name);
     for (;;) {
@@ -258,6 +362,7 @@ int remote_wait(struct remote *r, const char *name, uint64_t trained, bool selec
 
 int remote_events(struct remote *r, const char *name, struct tame_event **ret, size_t *ret_n)
 {
+    if (sender_sync(r) < 0) return TAME_E_IO;
     struct tame_event *ev = NULL;
     size_t n = 0, cap = 0;
     long long from = 0;
@@ -309,6 +414,7 @@ int remote_events(struct remote *r, const char *name, struct tame_event **ret, s
 int remote_predict(struct remote *r, const char *name, const float *x, int n, int dim, int classes,
                    struct tame_prediction *outp, float *probs)
 {
+    if (sender_sync(r) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s/predict", name);
     for (int start = 0; start < n; start += 256) {
