@@ -33,13 +33,51 @@ static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6, 
 
 static inline bool is_digit(char c) { return (unsigned char)(c - '0') < 10; }
 
+/* If the 8 bytes at p are all ASCII digits, their value (0..99999999).
+ * Each byte b is a digit when (b & 0xF0) == 0x30 and ((b + 6) & 0xF0) ==
+ * 0x30; no byte carries into the next.  Then pairs, quads and the octet
+ * are combined lane by lane (little-endian: the first digit is the lowest
+ * byte). */
+static inline bool eight_digits(const char *p, uint32_t *ret)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    const uint64_t hi = 0xF0F0F0F0F0F0F0F0ULL, zeros = 0x3030303030303030ULL;
+    if ((v & hi) != zeros || ((v + 0x0606060606060606ULL) & hi) != zeros) return false;
+    uint64_t d = v - zeros;
+    d = (d * 10 + (d >> 8)) & 0x00FF00FF00FF00FFULL;
+    d = (d * 100 + (d >> 16)) & 0x0000FFFF0000FFFFULL;
+    d = (d * 10000 + (d >> 32)) & 0xFFFFFFFFULL;
+    *ret = (uint32_t)d;
+    return true;
+}
+
+/* Append the digits at *pp to mant (up to 19 significant digits; beyond,
+ * *inexact), eight at a time where the buffer allows. */
+static inline void read_digits(const char **pp, const char *end, uint64_t *mant, int *sig, bool *inexact)
+{
+    const char *p = *pp;
+    uint32_t oct;
+    while (*sig + 8 <= 19 && end - p >= 8 && eight_digits(p, &oct)) {
+        *mant = *mant * 100000000ULL + oct;
+        *sig += 8;
+        p += 8;
+    }
+    while (is_digit(*p)) {
+        if (*sig < 19) *mant = *mant * 10 + (uint64_t)(*p - '0'), (*sig)++;
+        else *inexact = true;
+        p++;
+    }
+    *pp = p;
+}
+
 /* Parse one JSON number at s (strict grammar).  Returns the end, or NULL if
  * it is not a valid, finite JSON number.  The buffer must end in a NUL
  * (a non-digit) so the digit loops need no bounds checks.  Up to 15
  * significant digits take Clinger's exact fast path; the rest go through
  * extended precision or strtod, as jansson's do, so the double is the
  * same either way. */
-static const char *parse_number(const char *s, double *out, bool *is_int)
+static const char *parse_number(const char *s, const char *end, double *out, bool *is_int)
 {
     const char *p = s;
     bool neg = *p == '-';
@@ -50,11 +88,7 @@ static const char *parse_number(const char *s, double *out, bool *is_int)
     if (*p == '0') {
         p++;
     } else if (*p >= '1' && *p <= '9') {
-        do {
-            if (sig < 19) mant = mant * 10 + (uint64_t)(*p - '0'), sig++;
-            else inexact = true;
-            p++;
-        } while (is_digit(*p));
+        read_digits(&p, end, &mant, &sig, &inexact);
     } else {
         return NULL;
     }
@@ -67,11 +101,7 @@ static const char *parse_number(const char *s, double *out, bool *is_int)
         /* Leading zeros of a fraction are not significant digits. */
         if (sig == 0)
             while (*p == '0') p++;
-        while (is_digit(*p)) {
-            if (sig < 19) mant = mant * 10 + (uint64_t)(*p - '0'), sig++;
-            else inexact = true;
-            p++;
-        }
+        read_digits(&p, end, &mant, &sig, &inexact);
         frac_digits = (int)(p - f0); /* when inexact, strtod below decides */
     }
     int exp10 = 0;
@@ -179,7 +209,7 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
                 pool->cap = cap;
             }
             bool is_int;
-            const char *after = parse_number(q, &pool->v[pool->n], &is_int);
+            const char *after = parse_number(q, end, &pool->v[pool->n], &is_int);
             if (after && after > end) after = NULL;
             if (!after) break;
             all_int &= is_int;
