@@ -178,6 +178,9 @@ struct tame_predict_work;
 int tame_predict_work_new(const struct tame_snapshot *s, int max_rows,
                           struct tame_predict_work **ret);
 void tame_predict_work_free(struct tame_predict_work *w);
+/* Can `w` serve predictions of `rows` rows from `s` (same expert shapes)?
+ * Lets a thread keep one workspace across requests and snapshots. */
+bool tame_predict_work_fits(const struct tame_predict_work *w, const struct tame_snapshot *s, int rows);
 /* Route and predict n rows of x.  `expert` < 0 routes through the selector
  * (or, without one, to the active expert); >= 0 forces that expert.
  * out[n]; probs, if not NULL, [n x classes]: the expert's probabilities

@@ -405,6 +405,26 @@ static int handle_samples(struct http_server *h, struct MHD_Connection *c, struc
     return http_send_json(c, 200, json_pack("{s:i,s:I}", "accepted", n, "samples_acknowledged", (json_int_t)acked));
 }
 
+/* Each HTTP thread keeps one prediction workspace across requests (freed
+ * when the thread ends); a request for another shape replaces it. */
+static pthread_key_t work_key;
+static pthread_once_t work_once = PTHREAD_ONCE_INIT;
+
+static void work_key_free(void *w) { tame_predict_work_free(w); }
+static void work_key_make(void) { pthread_key_create(&work_key, work_key_free); }
+
+static struct tame_predict_work *thread_work(const struct tame_snapshot *snap, int rows)
+{
+    pthread_once(&work_once, work_key_make);
+    struct tame_predict_work *w = pthread_getspecific(work_key);
+    if (tame_predict_work_fits(w, snap, rows)) return w;
+    tame_predict_work_free(w);
+    pthread_setspecific(work_key, NULL);
+    if (tame_predict_work_new(snap, rows > 64 ? rows : 64, &w) < 0) return NULL;
+    pthread_setspecific(work_key, w);
+    return w;
+}
+
 static int handle_predict(struct http_server *h, struct MHD_Connection *c, struct serve_model *m, char *body,
                           size_t len)
 {
@@ -452,10 +472,8 @@ static int handle_predict(struct http_server *h, struct MHD_Connection *c, struc
         ret = http_send_error(c, 409, "NOT_TRAINED", "model '%s' has not trained a batch yet", serve_model_name(m));
         goto done;
     }
-    struct tame_predict_work *w = NULL;
-    int rc = tame_predict_work_new(view->snap, n < 256 ? (int)n : 256, &w);
-    if (rc == 0) rc = tame_snapshot_predict(view->snap, w, x, (int)n, -1, out, probs);
-    tame_predict_work_free(w);
+    struct tame_predict_work *w = thread_work(view->snap, n < 256 ? (int)n : 256);
+    int rc = w ? tame_snapshot_predict(view->snap, w, x, (int)n, -1, out, probs) : TAME_E_NOMEM;
     serve_view_put(view);
     if (rc < 0) {
         ret = send_model_error(c, rc, serve_model_name(m));

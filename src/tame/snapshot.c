@@ -80,6 +80,7 @@ struct tame_predict_work {
     int *route;                    /* [max_rows] */
     int *rows;                     /* [max_rows] rows routed to one expert */
     float *gathered;               /* [max_rows x input_dim] */
+    int expert_in;                 /* input_dim it was made for */
 };
 
 void tame_predict_work_free(struct tame_predict_work *w)
@@ -99,6 +100,7 @@ int tame_predict_work_new(const struct tame_snapshot *s, int max_rows, struct ta
     struct tame_predict_work *w = tame_calloc(1, sizeof(*w));
     if (!w) return TAME_E_NOMEM;
     w->max_rows = max_rows;
+    w->expert_in = s->input_dim;
     w->route = tame_malloc((size_t)max_rows * sizeof(int));
     w->rows = tame_malloc((size_t)max_rows * sizeof(int));
     w->gathered = tame_malloc((size_t)max_rows * s->input_dim * sizeof(float));
@@ -109,6 +111,18 @@ int tame_predict_work_new(const struct tame_snapshot *s, int max_rows, struct ta
     }
     *ret = w;
     return 0;
+}
+
+bool tame_predict_work_fits(const struct tame_predict_work *w, const struct tame_snapshot *s, int rows)
+{
+    if (!w || rows > w->max_rows || s->n_experts < 1) return false;
+    const struct nn_mlp *e = s->experts[0];
+    const struct nn_work *ew = w->expert_work;
+    if (ew->n_layers != e->n_layers || nn_mlp_inputs(e) != s->input_dim) return false;
+    for (int l = 0; l < e->n_layers; l++)
+        if (ew->width[l] != e->layer[l].out) return false;
+    /* The gather buffer is sized by the inputs of the first layer. */
+    return w->expert_in == e->layer[0].in && ew->head == e->head && ew->head_scale == e->head_scale;
 }
 
 /* Selectors grow with the experts: remake the workspace when the shape moves. */
