@@ -2,6 +2,7 @@
 #include "numarray.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,21 @@ static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6, 
                                        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
 static inline bool is_digit(char c) { return (unsigned char)(c - '0') < 10; }
+
+#if defined(__x86_64__) || defined(__i386__)
+/* Does long double really carry a 64-bit mantissa here? */
+static bool extended_precision(void)
+{
+    static atomic_int known = -1;
+    int k = atomic_load_explicit(&known, memory_order_relaxed);
+    if (k < 0) {
+        volatile long double one = 1.0L, tiny = 0x1p-63L;
+        k = (one + tiny) != one;
+        atomic_store_explicit(&known, k, memory_order_relaxed);
+    }
+    return k;
+}
+#endif
 
 /* If the 8 bytes at p are all ASCII digits, their value (0..99999999).
  * Each byte b is a digit when (b & 0xF0) == 0x30 and ((b + 6) & 0xF0) ==
@@ -128,8 +144,9 @@ static const char *parse_number(const char *s, const char *end, double *out, boo
     /* 16-19 digits (what printing a double gives): the x87 format holds the
      * mantissa and 10^e (|e| <= 27) exactly, so one rounding to 64 bits and
      * one to the double; it can differ from strtod only on a decimal within
-     * 2^-64 of a halfway point between two doubles. */
-    if (!inexact && e >= -27 && e <= 27) {
+     * 2^-64 of a halfway point between two doubles.  Emulators (valgrind)
+     * compute long double as double: a one-time probe sends them to strtod. */
+    if (!inexact && e >= -27 && e <= 27 && extended_precision()) {
         long double pw = 1.0L;
         for (int i = 0; i < (e >= 0 ? e : -e); i++) pw *= 10.0L;
         long double v = (long double)mant;
