@@ -119,11 +119,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             if (!ok) return (enum MHD_Result)ret;
         }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > h->cfg.body_max_bytes) {
+        unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
+        if (declared > h->cfg.body_max_bytes) {
             http_metrics_request(h, HTTP_EP_OTHER, 413, 0);
             return (enum MHD_Result)http_send_error(c, 413, "LIMIT",
                                                     "body of %s bytes exceeds the limit of %zu bytes",
                                                     cl, h->cfg.body_max_bytes);
+        }
+        /* A declared length within the cap sizes the buffer once (growth
+         * still checks every byte against the cap). */
+        if (declared > 0) {
+            req->body = malloc((size_t)declared + 1);
+            if (!req->body) return MHD_NO;
+            req->cap = (size_t)declared + 1;
         }
         return MHD_YES;
     }

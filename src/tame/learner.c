@@ -399,33 +399,38 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
     struct tame_score_job job = {.experts = ex, .x = x, .y = y, .n = n, .head = in_batch,
                                   .from = 0, .to = n_old, .skip = -1, .loss = loss};
     bool speculated = false; /* active expert's gradient already computed */
-    if (l->helper && n_old >= 1 && n_old <= 2 && ex[l->active]->net->layer[0].out >= 2) {
+    if (n_old >= 1 && n_old <= 2 && ex[l->active]->net->layer[0].out >= 2) {
         /* One or two experts: not enough scoring to share, so the two
          * threads split the active expert's first layer (most of its work)
-         * by output units, forward and backward. */
+         * by output units, forward and backward.  One thread runs the very
+         * same halves, so the arithmetic does not depend on the thread
+         * count whatever GEMM kernel OpenBLAS picks. */
         int a0 = l->active;
         struct tame_expert *ea = ex[a0];
         int units = ea->net->layer[0].out, half = units / 2;
         struct part_job pj = {.net = ea->net, .work = ea->work, .x = x, .n = n, .from = half,
                               .to = units};
         if (n_old == 1) {
-            tame_helper_post(l->helper, part_work, &pj);
+            if (l->helper) tame_helper_post(l->helper, part_work, &pj);
             nn_mlp_forward_first(ea->net, ea->work, x, n, 0, half);
-            tame_helper_wait(l->helper);
+            if (l->helper) tame_helper_wait(l->helper);
+            else part_work(&pj);
         } else {
             job.from = 1 - a0, job.to = 2 - a0;
-            tame_helper_post(l->helper, tame_score_experts, &job);
+            if (l->helper) tame_helper_post(l->helper, tame_score_experts, &job);
+            else tame_score_experts(&job);
             nn_mlp_forward_first(ea->net, ea->work, x, n, 0, units);
         }
         nn_mlp_forward_rest(ea->net, ea->work, n);
         loss[a0] = nn_head_loss_masked(ea->work, y, n, in_batch, ea->work->delta[0]);
         if (isfinite(loss[a0])) nn_mlp_backward_rest(ea->net, ea->work, n, ea->work->delta[0]);
-        if (n_old == 2) tame_helper_wait(l->helper);
+        if (n_old == 2 && l->helper) tame_helper_wait(l->helper);
         if (isfinite(loss[a0])) {
             pj.backward = true;
-            tame_helper_post(l->helper, part_work, &pj);
+            if (l->helper) tame_helper_post(l->helper, part_work, &pj);
             nn_mlp_backward_first(ea->net, ea->work, x, n, 0, half);
-            tame_helper_wait(l->helper);
+            if (l->helper) tame_helper_wait(l->helper);
+            else part_work(&pj);
             speculated = true;
         }
     } else if (l->helper && n_old >= 3) {
