@@ -727,8 +727,11 @@ static void write_json(FILE *f, const struct options *o, const struct report *r)
     json_num(f, r->average_accuracy);
     fputs(", \"forgetting\": ", f);
     json_num(f, r->forgetting);
-    fprintf(f, ",\n  \"nonzero_params\": {\"experts\": %zu, \"selector\": %zu},\n", r->nonzero_experts,
-            r->nonzero_selector);
+    if (o->url) /* the daemon does not report model sizes yet */
+        fputs(",\n  \"nonzero_params\": {\"experts\": null, \"selector\": null},\n", f);
+    else
+        fprintf(f, ",\n  \"nonzero_params\": {\"experts\": %zu, \"selector\": %zu},\n", r->nonzero_experts,
+                r->nonzero_selector);
     fputs("  \"train_seconds\": ", f);
     json_num(f, r->train_seconds);
     fputs(", \"samples_per_second\": ", f);
@@ -772,9 +775,14 @@ static void print_table(const struct options *o, const struct report *r)
         }
         printf("  average accuracy %.2f%%, forgetting %.2f%%\n", 100 * r->average_accuracy, 100 * r->forgetting);
     }
-    printf("  non-zero parameters: experts %zu, selector %zu\n", r->nonzero_experts, r->nonzero_selector);
-    printf("  streaming %.2f s, %.0f samples/s, step %.1f GFLOP/s", r->train_seconds, r->samples / r->train_seconds,
-           r->flops / r->train_seconds / 1e9);
+    if (o->url) {
+        printf("  over HTTP to %s: %.2f s from the first request to the last sample trained, %.0f samples/s",
+               o->url, r->train_seconds, r->samples / r->train_seconds);
+    } else {
+        printf("  non-zero parameters: experts %zu, selector %zu\n", r->nonzero_experts, r->nonzero_selector);
+        printf("  streaming %.2f s, %.0f samples/s, step %.1f GFLOP/s", r->train_seconds,
+               r->samples / r->train_seconds, r->flops / r->train_seconds / 1e9);
+    }
     if (o->bench) printf(", OpenBLAS sgemm on the same shapes %.1f GFLOP/s (step at %.0f%%)", r->gemm_gflops,
                          100 * (r->flops / r->train_seconds / 1e9) / r->gemm_gflops);
     printf("\n  peak RSS %.1f MiB\n", r->peak_rss / 1048576.0);
