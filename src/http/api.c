@@ -710,6 +710,7 @@ static int dispatch(struct http_server *h, struct MHD_Connection *c, const char 
           : !strcmp(action, "predict")   ? HTTP_EP_PREDICT
           : !strcmp(action, "events")    ? HTTP_EP_EVENTS
           : !strcmp(action, "flush")     ? HTTP_EP_FLUSH
+          : !strcmp(action, "selector")  ? HTTP_EP_SELECTOR
                                          : HTTP_EP_OTHER;
     if (*ep == HTTP_EP_OTHER) return http_send_error(c, 404, "NOT_FOUND", "no route %s", url);
     if (*ep == HTTP_EP_MODEL && del) {
@@ -733,6 +734,11 @@ static int dispatch(struct http_server *h, struct MHD_Connection *c, const char 
         break;
     case HTTP_EP_EVENTS:
         ret = get ? handle_events(c, m) : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
+        break;
+    case HTTP_EP_SELECTOR:
+        if (post) serve_retrain_selector(m);
+        ret = post ? http_send_json(c, 202, json_pack("{s:b}", "requested", 1))
+                   : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use POST");
         break;
     default: /* flush */
         if (post) serve_flush(m);

@@ -20,7 +20,8 @@ struct request {
 };
 
 static const char *const endpoint_names[] = {"livez", "readyz", "metrics", "models", "model",
-                                             "samples", "predict", "events", "flush", "other"};
+                                             "samples", "predict", "events", "flush", "selector",
+                                             "other"};
 
 const char *http_endpoint_name(enum http_endpoint e) { return endpoint_names[e]; }
 

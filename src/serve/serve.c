@@ -30,6 +30,7 @@ struct serve_model {
     int *qy;
     int q_head, q_len, q_cap;
     bool flush;                       /* train a partial batch */
+    bool selector_request;            /* retrain the selector now (client asked) */
     uint64_t acknowledged, predictions;
     struct serve_view_ref *view;
     struct tame_event *events;
@@ -241,7 +242,8 @@ int serve_names(struct serve *s, char ***ret_names, int *ret_n)
 
 static bool has_work_locked(const struct serve_model *m)
 {
-    return m->q_len >= m->p.batch_size || (m->flush && m->q_len > 0) || m->selector_done;
+    return m->q_len >= m->p.batch_size || (m->flush && m->q_len > 0) || m->selector_done ||
+           m->selector_request;
 }
 
 static void kick(struct serve *s)
@@ -280,6 +282,14 @@ void serve_flush(struct serve_model *m)
     bool ready = has_work_locked(m);
     pthread_mutex_unlock(&m->mu);
     if (ready) kick(m->s);
+}
+
+void serve_retrain_selector(struct serve_model *m)
+{
+    pthread_mutex_lock(&m->mu);
+    m->selector_request = true;
+    pthread_mutex_unlock(&m->mu);
+    kick(m->s);
 }
 
 void serve_counters(struct serve_model *m, struct serve_counters *c)
@@ -395,6 +405,8 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
     pthread_mutex_lock(&m->mu);
     struct tame_selector_job *job = m->selector_done;
     m->selector_done = NULL;
+    bool requested = m->selector_request;
+    m->selector_request = false;
     int take = m->q_len / bs * bs;
     if (take > TAKE_BATCHES * bs) take = TAKE_BATCHES * bs;
     if (take == 0 && m->flush) take = m->q_len < bs ? m->q_len : bs;
@@ -418,7 +430,7 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
     }
     struct tame_info info;
     tame_learner_info(m->learner, &info);
-    if (info.selector_due) selector_submit(s, m);
+    if (info.selector_due || (requested && info.n_experts >= 2)) selector_submit(s, m);
 
     struct tame_event *ev = NULL;
     size_t n_ev = 0;

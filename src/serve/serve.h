@@ -60,6 +60,9 @@ const struct tame_params *serve_model_params(const struct serve_model *m);
 int serve_append(struct serve_model *m, const float *x, const int *y, int n, uint64_t *ret_acked);
 /* Train the queued partial batch as soon as a worker is free. */
 void serve_flush(struct serve_model *m);
+/* Retrain the selector now on the current buffer (when it has >= 2 experts),
+ * whether or not a retrain is due; it is installed when done. */
+void serve_retrain_selector(struct serve_model *m);
 
 struct serve_counters {
     uint64_t acknowledged;     /* samples accepted */

@@ -338,6 +338,30 @@ int remote_flush(struct remote *r, const char *name)
     return request(r, "POST", path, "{}", 2) == 200 ? 0 : TAME_E_IO;
 }
 
+int remote_retrain_selector(struct remote *r, const char *name)
+{
+    if (sender_sync(r) < 0) return TAME_E_IO;
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/models/%s", name);
+    json_t *m = request_json(r, "GET", path, NULL, 200);
+    if (!m) return TAME_E_IO;
+    json_int_t version = json_integer_value(json_object_get(json_object_get(m, "selector"), "version"));
+    int experts = (int)json_integer_value(json_object_get(m, "n_experts"));
+    json_decref(m);
+    if (experts < 2) return 0;
+    snprintf(path, sizeof(path), "/v1/models/%s/selector", name);
+    if (request(r, "POST", path, "{}", 2) != 202) return TAME_E_IO;
+    snprintf(path, sizeof(path), "/v1/models/%s", name);
+    for (;;) {
+        m = request_json(r, "GET", path, NULL, 200);
+        if (!m) return TAME_E_IO;
+        json_int_t now = json_integer_value(json_object_get(json_object_get(m, "selector"), "version"));
+        json_decref(m);
+        if (now > version) return 0;
+        usleep(5000);
+    }
+}
+
 int remote_wait(struct remote *r, const char *name, uint64_t trained, bool selector, int *ret_experts)
 {
     if (sender_sync(r) < 0) return TAME_E_IO;

@@ -18,6 +18,9 @@ int remote_flush(struct remote *r, const char *name);
 /* Poll until `trained` samples are trained and, with `selector`, no
  * selector retrain is due; *ret_experts: experts of the model then. */
 int remote_wait(struct remote *r, const char *name, uint64_t trained, bool selector, int *ret_experts);
+/* Ask for a selector retrain on the current buffer and wait until the new
+ * one is installed (nothing to do with fewer than 2 experts). */
+int remote_retrain_selector(struct remote *r, const char *name);
 /* All events, in order; caller frees *ret with free(). */
 int remote_events(struct remote *r, const char *name, struct tame_event **ret, size_t *ret_n);
 /* Predict n rows; fills out[n] and probs[n x classes]. */

@@ -518,6 +518,8 @@ static void run(const struct options *o, const struct idx_set *train, const stru
         rep->train_seconds = tame_now_s() - rep->remote_t0;
         if (remote_wait(sys.remote, sys.model, rep->samples, true, &experts) < 0)
             die("%s", remote_error(sys.remote));
+        /* A final selector on the whole buffer, as in-process (untimed). */
+        if (remote_retrain_selector(sys.remote, sys.model) < 0) die("%s", remote_error(sys.remote));
         struct tame_event *ev;
         size_t n_ev;
         if (remote_events(sys.remote, sys.model, &ev, &n_ev) < 0) die("%s", remote_error(sys.remote));
