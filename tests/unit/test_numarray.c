@@ -136,6 +136,7 @@ int main(void)
 {
     Suite *s = suite_create("numarray");
     TCase *tc = tcase_create("numarray");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, numbers_parse_exactly_as_strtod);
     tcase_add_test(tc, unusual_arrays_are_left_to_jansson);
     tcase_add_test(tc, placeholders_cannot_be_spoofed);
