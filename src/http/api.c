@@ -546,57 +546,32 @@ static int handle_events(struct MHD_Connection *c, struct serve_model *m)
 
 /* ---- metrics ---- */
 
-struct text {
-    char *s;
-    size_t len, cap;
-};
-
-static void tprintf(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void tprintf(struct text *t, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = t->s ? vsnprintf(t->s + t->len, t->cap - t->len, fmt, ap) : -1;
-        va_end(ap);
-        if (n >= 0 && t->len + (size_t)n < t->cap) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap ? 2 * t->cap : 16384;
-        if (n >= 0) while (cap < t->len + (size_t)n + 1) cap *= 2;
-        char *ns = realloc(t->s, cap);
-        if (!ns) return;
-        t->s = ns;
-        t->cap = cap;
-    }
-}
-
 static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
 {
-    struct text t = {0};
-    tprintf(&t, "# HELP tame_build_info Build information.\n# TYPE tame_build_info gauge\n");
-    tprintf(&t, "tame_build_info{version=\"%s\"} 1\n", TAMED_VERSION);
+    struct tame_wbuf t;
+    tame_wbuf_init(&t);
+    tame_wbuf_printf(&t, "# HELP tame_build_info Build information.\n# TYPE tame_build_info gauge\n");
+    tame_wbuf_printf(&t, "tame_build_info{version=\"%s\"} 1\n", TAMED_VERSION);
     pthread_mutex_lock(&h->metrics_mu);
-    tprintf(&t, "# HELP tame_http_requests_total HTTP requests by endpoint and status class.\n"
+    tame_wbuf_printf(&t, "# HELP tame_http_requests_total HTTP requests by endpoint and status class.\n"
                 "# TYPE tame_http_requests_total counter\n");
     for (int e = 0; e < HTTP_EP_COUNT; e++)
         for (int k = 1; k <= 5; k++)
             if (h->requests[e][k])
-                tprintf(&t, "tame_http_requests_total{endpoint=\"%s\",code=\"%dxx\"} %llu\n", http_endpoint_name(e), k,
+                tame_wbuf_printf(&t, "tame_http_requests_total{endpoint=\"%s\",code=\"%dxx\"} %llu\n", http_endpoint_name(e), k,
                         (unsigned long long)h->requests[e][k]);
-    tprintf(&t, "# HELP tame_http_request_duration_seconds Request durations.\n"
+    tame_wbuf_printf(&t, "# HELP tame_http_request_duration_seconds Request durations.\n"
                 "# TYPE tame_http_request_duration_seconds histogram\n");
     for (int e = 0; e < HTTP_EP_COUNT; e++) {
         if (!h->duration_count[e]) continue;
         for (int b = 0; b < HTTP_BUCKETS; b++)
-            tprintf(&t, "tame_http_request_duration_seconds_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n",
+            tame_wbuf_printf(&t, "tame_http_request_duration_seconds_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n",
                     http_endpoint_name(e), http_bucket_le[b], (unsigned long long)h->duration_bucket[e][b]);
-        tprintf(&t, "tame_http_request_duration_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n",
+        tame_wbuf_printf(&t, "tame_http_request_duration_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n",
                 http_endpoint_name(e), (unsigned long long)h->duration_count[e]);
-        tprintf(&t, "tame_http_request_duration_seconds_sum{endpoint=\"%s\"} %.6f\n", http_endpoint_name(e),
+        tame_wbuf_printf(&t, "tame_http_request_duration_seconds_sum{endpoint=\"%s\"} %.6f\n", http_endpoint_name(e),
                 h->duration_sum[e]);
-        tprintf(&t, "tame_http_request_duration_seconds_count{endpoint=\"%s\"} %llu\n", http_endpoint_name(e),
+        tame_wbuf_printf(&t, "tame_http_request_duration_seconds_count{endpoint=\"%s\"} %llu\n", http_endpoint_name(e),
                 (unsigned long long)h->duration_count[e]);
     }
     pthread_mutex_unlock(&h->metrics_mu);
@@ -631,22 +606,11 @@ static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
         struct serve_view *v = serve_view_get(m);
         struct serve_counters cn;
         serve_counters(m, &cn);
-        struct tame_event *ev;
-        size_t ne;
-        uint64_t next;
-        double det = 0, reu = 0, spa = 0, sel = 0;
-        if (serve_events(m, 0, 1 << 30, &ev, &ne, &next) == 0) {
-            for (size_t k = 0; k < ne; k++) {
-                det += ev[k].kind == TAME_EV_DETECT;
-                reu += ev[k].kind == TAME_EV_REUSE;
-                spa += ev[k].kind == TAME_EV_SPAWN;
-                sel += ev[k].kind == TAME_EV_SELECTOR;
-            }
-            free(ev);
-        }
         const struct tame_expert_info *a = v->info.active >= 0 ? &v->experts[v->info.active] : NULL;
         double row[N_G] = {(double)cn.acknowledged, (double)v->info.samples_trained, (double)v->info.batches,
-                           (double)cn.predictions, v->n_experts, det, reu, spa, sel, (double)cn.queued,
+                           (double)cn.predictions, v->n_experts, (double)cn.by_kind[TAME_EV_DETECT],
+                           (double)cn.by_kind[TAME_EV_REUSE], (double)cn.by_kind[TAME_EV_SPAWN],
+                           (double)cn.by_kind[TAME_EV_SELECTOR], (double)cn.queued,
                            (double)(v->info.nonfinite_batches + v->info.nonfinite_updates), a ? a->loss : NAN,
                            a ? a->s_all : NAN, a ? a->threshold : NAN, v->info.selector_fill};
         memcpy(vals[shown], row, sizeof(row));
@@ -658,14 +622,23 @@ static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);
     for (int g = 0; g < N_G; g++) {
-        tprintf(&t, "# HELP %s %s\n# TYPE %s %s\n", gauges[g][0], gauges[g][2], gauges[g][0], gauges[g][1]);
+        tame_wbuf_printf(&t, "# HELP %s %s\n# TYPE %s %s\n", gauges[g][0], gauges[g][2], gauges[g][0], gauges[g][1]);
         for (int i = 0; i < shown; i++) {
             if (isnan(vals[i][g])) continue;
-            tprintf(&t, "%s{model=\"%s\"} %.17g\n", gauges[g][0], shown_names[i], vals[i][g]);
+            tame_wbuf_printf(&t, "%s{model=\"%s\"} %.17g\n", gauges[g][0], shown_names[i], vals[i][g]);
         }
     }
-    if (!t.s) return http_send_error(c, 503, "NOMEM", "out of memory");
-    return http_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", t.s, t.len, NULL, NULL);
+    if (t.err) {
+        tame_wbuf_done(&t);
+        return http_send_error(c, 503, "NOMEM", "out of memory");
+    }
+    /* The response frees the text with free(): hand over a malloc'd copy. */
+    char *text = malloc(t.len ? t.len : 1);
+    if (text) memcpy(text, t.data, t.len);
+    size_t len = t.len;
+    tame_wbuf_done(&t);
+    if (!text) return http_send_error(c, 503, "NOMEM", "out of memory");
+    return http_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, NULL);
 }
 
 /* ---- routing ---- */

@@ -32,6 +32,7 @@ struct serve_model {
     bool flush;                       /* train a partial batch */
     bool selector_request;            /* retrain the selector now (client asked) */
     uint64_t acknowledged, predictions;
+    uint64_t by_kind[TAME_EV_PRUNE + 1]; /* events per kind, kept as they are appended */
     struct serve_view_ref *view;
     struct tame_event *events;
     size_t n_events, events_cap;
@@ -299,6 +300,7 @@ void serve_counters(struct serve_model *m, struct serve_counters *c)
                                  .queued = (uint64_t)m->q_len,
                                  .predictions = m->predictions,
                                  .events = m->n_events};
+    memcpy(c->by_kind, m->by_kind, sizeof(c->by_kind));
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -453,6 +455,7 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
             memcpy(m->events + m->n_events, ev, n_ev * sizeof(*ev));
             m->n_events += n_ev;
         }
+        for (size_t k = 0; k < n_ev; k++) m->by_kind[ev[k].kind]++;
     }
     struct serve_view_ref *old = NULL;
     if (view) old = m->view, m->view = view;

@@ -69,6 +69,7 @@ struct serve_counters {
     uint64_t queued;           /* waiting for a worker */
     uint64_t predictions;      /* rows predicted */
     uint64_t events;           /* events recorded */
+    uint64_t by_kind[TAME_EV_PRUNE + 1]; /* events per tame_event_kind */
 };
 void serve_counters(struct serve_model *m, struct serve_counters *c);
 void serve_count_predictions(struct serve_model *m, uint64_t rows);

@@ -589,6 +589,8 @@ START_TEST(metrics_parse_and_count_what_was_sent)
     ck_assert_double_eq(metric(mt.body, "tame_samples_trained_total{model=\"m\"}"), 320);
     ck_assert_double_eq(metric(mt.body, "tame_batches_trained_total{model=\"m\"}"), 10);
     ck_assert_double_eq(metric(mt.body, "tame_experts{model=\"m\"}"), 1);
+    ck_assert_double_eq(metric(mt.body, "tame_spawns_total{model=\"m\"}"), 1);
+    ck_assert_double_eq(metric(mt.body, "tame_detections_total{model=\"m\"}"), 0);
     ck_assert_double_eq(metric(mt.body, "tame_queue_depth{model=\"m\"}"), 0);
     ck_assert_double_eq(metric(mt.body, "tame_http_requests_total{endpoint=\"samples\",code=\"2xx\"}"), 5);
     ck_assert_double_eq(metric(mt.body, "tame_http_requests_total{endpoint=\"samples\",code=\"4xx\"}"), 1);
