@@ -107,6 +107,11 @@ void tame_wbuf_i32(struct tame_wbuf *w, int32_t v);
 void tame_wbuf_f32(struct tame_wbuf *w, float v);
 void tame_wbuf_f64(struct tame_wbuf *w, double v);
 void tame_wbuf_f32s(struct tame_wbuf *w, const float *v, size_t n);
+/* Append printf-formatted text; a NUL follows the data (not counted in len). */
+void tame_wbuf_printf(struct tame_wbuf *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Room for n more bytes at data + len (len unchanged: advance it by what was
+ * written), or NULL after an error. */
+uint8_t *tame_wbuf_room(struct tame_wbuf *w, size_t n);
 /* Append a CRC-32 of everything from byte `from` to the end. */
 void tame_wbuf_crc(struct tame_wbuf *w, size_t from);
 

@@ -3,6 +3,8 @@
 #include "tame/core.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <zlib.h>
@@ -32,6 +34,30 @@ static uint8_t *wbuf_reserve(struct tame_wbuf *w, size_t n)
     uint8_t *p = w->data + w->len;
     w->len += n;
     return p;
+}
+
+uint8_t *tame_wbuf_room(struct tame_wbuf *w, size_t n)
+{
+    uint8_t *p = wbuf_reserve(w, n);
+    if (p) w->len -= n;
+    return p;
+}
+
+void tame_wbuf_printf(struct tame_wbuf *w, const char *fmt, ...)
+{
+    va_list ap, again;
+    va_start(ap, fmt);
+    va_copy(again, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    uint8_t *d = n < 0 ? NULL : tame_wbuf_room(w, (size_t)n + 1);
+    if (d) {
+        vsnprintf((char *)d, (size_t)n + 1, fmt, again);
+        w->len += (size_t)n;
+    } else if (n < 0 && !w->err) {
+        w->err = TAME_E_INVAL;
+    }
+    va_end(again);
 }
 
 void tame_wbuf_bytes(struct tame_wbuf *w, const void *p, size_t n)

@@ -28,8 +28,7 @@ struct remote {
     struct curl_slist *headers;
     char *resp;
     size_t resp_len, resp_cap;
-    char *req;                 /* the body being formatted */
-    size_t req_len, req_cap;
+    struct tame_wbuf req;      /* the body being formatted */
     char err[512];
     struct fmt_entry cache[FMT_CACHE];
     /* Samples are sent by a sender thread, so that the next request is
@@ -40,8 +39,7 @@ struct remote {
     pthread_cond_t cv;
     bool sender_started, busy, stop;
     int send_rc;               /* first failure of the sender, 0 if none */
-    char *send_buf;            /* the body being sent */
-    size_t send_len, send_cap;
+    struct tame_wbuf send;     /* the body being sent */
     char send_path[256];
 };
 
@@ -115,23 +113,15 @@ static int fmt_cached(struct remote *r, char *out, float f)
 /* Append n floats as a JSON array. */
 static void out_floats(struct remote *r, const float *x, int n)
 {
-    size_t need = (size_t)n * 18 + 2;
-    if (r->req_len + need > r->req_cap) {
-        size_t cap = r->req_cap ? r->req_cap : 1 << 20;
-        while (cap < r->req_len + need) cap *= 2;
-        char *np = realloc(r->req, cap);
-        if (!np) abort();
-        r->req = np;
-        r->req_cap = cap;
-    }
-    char *p = r->req + r->req_len;
+    char *p = (char *)tame_wbuf_room(&r->req, (size_t)n * 18 + 2);
+    if (!p) abort();
     *p++ = '[';
     for (int j = 0; j < n; j++) {
         if (j) *p++ = ',';
         p += fmt_cached(r, p, x[j]);
     }
     *p++ = ']';
-    r->req_len = (size_t)(p - r->req);
+    r->req.len = (size_t)(p - (char *)r->req.data);
 }
 
 static long request(struct remote *r, const char *method, const char *path, const char *body, size_t len);
@@ -146,7 +136,7 @@ static void *sender_main(void *arg)
         pthread_mutex_unlock(&r->mu);
         int rc = 0;
         for (;;) {
-            long st = request(r, "POST", r->send_path, r->send_buf, r->send_len);
+            long st = request(r, "POST", r->send_path, (const char *)r->send.data, r->send.len);
             if (st == 200) break;
             if (st != 429) {
                 rc = TAME_E_IO;
@@ -219,11 +209,11 @@ void remote_close(struct remote *r)
         pthread_mutex_destroy(&r->mu);
         pthread_cond_destroy(&r->cv);
     }
-    free(r->send_buf);
+    tame_wbuf_done(&r->send);
     if (r->curl) curl_easy_cleanup(r->curl);
     curl_slist_free_all(r->headers);
     free(r->resp);
-    free(r->req);
+    tame_wbuf_done(&r->req);
     free(r);
 }
 
@@ -250,33 +240,15 @@ static long request(struct remote *r, const char *method, const char *path, cons
     return status;
 }
 
-static json_t *request_json(struct remote *r, const char *method, const char *path, const char *body, long want)
+static json_t *request_json(struct remote *r, const char *method, const char *path, const struct tame_wbuf *body,
+                            long want)
 {
-    long st = request(r, method, path, body, body ? strlen(body) : 0);
+    long st = request(r, method, path, body ? (const char *)body->data : NULL, body ? body->len : 0);
     if (st != want) return NULL;
     json_error_t e;
     json_t *doc = json_loads(r->resp ? r->resp : "", 0, &e);
     if (!doc) snprintf(r->err, sizeof(r->err), "%s %s: not JSON: %s", method, path, e.text);
     return doc;
-}
-
-static void out(struct remote *r, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = r->req ? vsnprintf(r->req + r->req_len, r->req_cap - r->req_len, fmt, ap) : -1;
-        va_end(ap);
-        if (n >= 0 && r->req_len + (size_t)n < r->req_cap) {
-            r->req_len += (size_t)n;
-            return;
-        }
-        size_t cap = r->req_cap ? 2 * r->req_cap : 1 << 20;
-        char *p = realloc(r->req, cap);
-        if (!p) abort();
-        r->req = p;
-        r->req_cap = cap;
-    }
 }
 
 int remote_create(struct remote *r, const char *name, const struct tame_params *p)
@@ -286,10 +258,10 @@ int remote_create(struct remote *r, const char *name, const struct tame_params *
     snprintf(path, sizeof(path), "/v1/models/%s", name);
     long st = request(r, "DELETE", path, NULL, 0);
     if (st != 200 && st != 404) return TAME_E_IO;
-    r->req_len = 0;
-    out(r, "{\"name\":\"%s\",\"input_dim\":%d,\"classes\":%d,\"hidden\":[", name, p->input_dim, p->classes);
-    for (int i = 0; i < p->n_hidden; i++) out(r, "%s%d", i ? "," : "", p->hidden[i]);
-    out(r, "],\"batch_size\":%d,\"head_scale\":%.9g,\"lr\":%.9g,\"momentum\":%.9g,\"weight_decay\":%.9g,"
+    r->req.len = 0;
+    tame_wbuf_printf(&r->req, "{\"name\":\"%s\",\"input_dim\":%d,\"classes\":%d,\"hidden\":[", name, p->input_dim, p->classes);
+    for (int i = 0; i < p->n_hidden; i++) tame_wbuf_printf(&r->req, "%s%d", i ? "," : "", p->hidden[i]);
+    tame_wbuf_printf(&r->req, "],\"batch_size\":%d,\"head_scale\":%.9g,\"lr\":%.9g,\"momentum\":%.9g,\"weight_decay\":%.9g,"
            "\"window\":%d,\"alpha\":%.9g,\"k_sigma\":%.9g,\"sigma_floor\":%.9g,\"k_warn\":%.9g,"
            "\"min_batches\":%d,\"selector_capacity\":%d,\"expert_capacity\":%d,\"selector_epochs\":%d,"
            "\"selector_lr\":%.9g,\"selector_every\":%d,\"expert_sparsity\":%.9g,\"selector_sparsity\":%.9g,"
@@ -298,30 +270,31 @@ int remote_create(struct remote *r, const char *name, const struct tame_params *
         p->sigma_floor, p->k_warn, p->min_batches, p->selector_capacity, p->expert_capacity, p->selector_epochs,
         p->selector_lr, p->selector_every, p->expert_sparsity, p->selector_sparsity, p->finetune_epochs,
         p->max_experts, p->attribution_batches, (unsigned long long)p->seed);
-    json_t *doc = request_json(r, "POST", "/v1/models", r->req, 201);
+    json_t *doc = request_json(r, "POST", "/v1/models", &r->req, 201);
     json_decref(doc);
     return doc ? 0 : TAME_E_IO;
 }
 
 int remote_samples(struct remote *r, const char *name, const float *x, const int *y, int n, int dim)
 {
-    r->req_len = 0;
-    out(r, "{\"x\":[");
+    r->req.len = 0;
+    tame_wbuf_printf(&r->req, "{\"x\":[");
     for (int i = 0; i < n; i++) {
-        if (i) out(r, ",");
+        if (i) tame_wbuf_printf(&r->req, ",");
         out_floats(r, x + (size_t)i * dim, dim);
     }
-    out(r, "],\"y\":[");
-    for (int i = 0; i < n; i++) out(r, i ? ",%d" : "%d", y[i]);
-    out(r, "]}");
+    tame_wbuf_printf(&r->req, "],\"y\":[");
+    for (int i = 0; i < n; i++) tame_wbuf_printf(&r->req, i ? ",%d" : "%d", y[i]);
+    tame_wbuf_printf(&r->req, "]}");
     /* Hand the body to the sender (after the previous one went out) and
      * return to format the next. */
     int rc = sender_sync(r);
     if (rc < 0) return rc;
-    char *t = r->send_buf;
-    size_t tcap = r->send_cap;
-    r->send_buf = r->req, r->send_cap = r->req_cap, r->send_len = r->req_len;
-    r->req = t, r->req_cap = tcap, r->req_len = 0;
+    if (r->req.err) return r->req.err;
+    struct tame_wbuf t = r->send;
+    r->send = r->req;
+    r->req = t;
+    r->req.len = 0;
     snprintf(r->send_path, sizeof(r->send_path), "/v1/models/%s/samples", name);
     pthread_mutex_lock(&r->mu);
     r->busy = true;
@@ -443,14 +416,14 @@ int remote_predict(struct remote *r, const char *name, const float *x, int n, in
     snprintf(path, sizeof(path), "/v1/models/%s/predict", name);
     for (int start = 0; start < n; start += 256) {
         int m = n - start < 256 ? n - start : 256;
-        r->req_len = 0;
-        out(r, "{\"x\":[");
+        r->req.len = 0;
+        tame_wbuf_printf(&r->req, "{\"x\":[");
         for (int i = 0; i < m; i++) {
-            if (i) out(r, ",");
+            if (i) tame_wbuf_printf(&r->req, ",");
             out_floats(r, x + (size_t)(start + i) * dim, dim);
         }
-        out(r, "]}");
-        json_t *doc = request_json(r, "POST", path, r->req, 200);
+        tame_wbuf_printf(&r->req, "]}");
+        json_t *doc = request_json(r, "POST", path, &r->req, 200);
         if (!doc) return TAME_E_IO;
         json_t *p;
         size_t i;

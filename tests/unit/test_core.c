@@ -109,6 +109,29 @@ START_TEST(bytes_round_trip_with_crc)
 }
 END_TEST
 
+START_TEST(wbuf_printf_grows_and_terminates)
+{
+    struct tame_wbuf w;
+    tame_wbuf_init(&w);
+    char want[8192] = "";
+    for (int i = 0; i < 1000; i++) {
+        char part[32];
+        snprintf(part, sizeof(part), "%d,", i * 7);
+        strcat(want, part);
+        tame_wbuf_printf(&w, "%d,", i * 7);
+    }
+    ck_assert_int_eq(w.err, 0);
+    ck_assert_uint_eq(w.len, strlen(want));
+    ck_assert_str_eq((const char *)w.data, want); /* NUL after the data */
+    uint8_t *room = tame_wbuf_room(&w, 3);
+    ck_assert_ptr_nonnull(room);
+    memcpy(room, "abc", 3);
+    w.len += 3;
+    ck_assert_mem_eq(w.data + strlen(want), "abc", 3);
+    tame_wbuf_done(&w);
+}
+END_TEST
+
 START_TEST(rbuf_overrun_and_nonfinite_are_corrupt)
 {
     uint8_t two[2] = {1, 2};
@@ -157,6 +180,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, rng_below_is_uniform);
     tcase_add_test(tc, rng_shuffle_is_a_permutation);
     tcase_add_test(tc, bytes_round_trip_with_crc);
+    tcase_add_test(tc, wbuf_printf_grows_and_terminates);
     tcase_add_test(tc, rbuf_overrun_and_nonfinite_are_corrupt);
     tcase_add_test(tc, alloc_injection_fails_the_nth_and_counts_live);
     suite_add_tcase(s, tc);
