@@ -4,6 +4,7 @@
  * failures. */
 #include "synth.h"
 #include "tame/tame.h"
+#include "tame_internal.h" /* one test reaches into an expert's weights */
 
 #include "check_run.h"
 
@@ -514,6 +515,42 @@ START_TEST(bad_and_nonfinite_batches_change_nothing)
 }
 END_TEST
 
+START_TEST(update_that_would_overflow_is_refused_and_counted)
+{
+    /* A weight near FLT_MAX whose input is 0 keeps the loss finite, but its
+     * momentum would carry it past the float range: the step consumes the
+     * batch, refuses the update whole and counts it. */
+    struct tame_params p = test_params(14);
+    struct tame_learner *l;
+    ck_assert_int_eq(tame_learner_new(&p, &l), 0);
+    struct tame_rng r;
+    tame_rng_seed(&r, 1200);
+    feed(l, &r, 0, 20, NULL);
+    float x[BS * SYNTH_DIM];
+    int y[BS];
+    synth_batch(&r, 0, PER_TASK, true, x, y, BS);
+    for (int i = 0; i < BS; i++) x[i * SYNTH_DIM] = 0.0f; /* feature 0 silent */
+    struct nn_mlp *net = l->experts[l->active]->net;
+    size_t w0 = net->layer[0].w_off; /* weight of unit 0 on feature 0 */
+    net->param[w0] = -3.3e38f;
+    net->vel[w0] = 3e38f;
+    float *before = malloc(net->n_params * sizeof(float));
+    memcpy(before, net->param, net->n_params * sizeof(float));
+    struct tame_info info0, info1;
+    tame_learner_info(l, &info0);
+    ck_assert_int_eq(tame_learner_step(l, x, y, BS), 0);
+    tame_learner_info(l, &info1);
+    ck_assert_uint_eq(info1.nonfinite_updates, info0.nonfinite_updates + 1);
+    ck_assert_uint_eq(info1.nonfinite_batches, info0.nonfinite_batches);
+    ck_assert_uint_eq(info1.batches, info0.batches + 1);
+    ck_assert_uint_eq(info1.samples_trained, info0.samples_trained);
+    net = l->experts[l->active]->net;
+    ck_assert_mem_eq(before, net->param, net->n_params * sizeof(float));
+    free(before);
+    tame_learner_free(l);
+}
+END_TEST
+
 START_TEST(allocation_failures_are_clean_and_change_nothing)
 {
     struct tame_params p = test_params(11);
@@ -694,6 +731,7 @@ int main(void)
     tcase_add_test(tc, corrupt_state_is_refused);
     tcase_add_test(tc, same_seed_same_events_other_seed_other_weights);
     tcase_add_test(tc, bad_and_nonfinite_batches_change_nothing);
+    tcase_add_test(tc, update_that_would_overflow_is_refused_and_counted);
     tcase_add_test(tc, allocation_failures_are_clean_and_change_nothing);
     tcase_add_test(tc, params_are_validated);
     tcase_add_test(tc, expert_limit_falls_back_to_reuse);
