@@ -138,6 +138,14 @@ size_t tame_rbuf_left(const struct tame_rbuf *r);
 
 uint32_t tame_crc32(uint32_t crc, const void *p, size_t n);
 
+/* ---- numbers as text ---------------------------------------------------------
+ * A finite float as a JSON number of at most 9 significant digits that parses
+ * back to the same float: positional from 1e-5 to 1e9 ("0.00392156886",
+ * "12.5"), else "d.dddde-x".  Writes at most TAME_FLOAT_TEXT_MAX bytes, no
+ * NUL; returns the length. */
+#define TAME_FLOAT_TEXT_MAX 16
+int tame_fmt_float(char *out, float f);
+
 /* ---- numbers ---- */
 /* 1 if the IEEE-754 single has an all-ones exponent (Inf or NaN).  Integer
  * operations, so loops that OR it together vectorise (a float reduction

@@ -2,7 +2,7 @@
 #include "numarray.h"
 
 #include <math.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,17 +35,25 @@ static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6, 
 static inline bool is_digit(char c) { return (unsigned char)(c - '0') < 10; }
 
 #if defined(__x86_64__) || defined(__i386__)
-/* Does long double really carry a 64-bit mantissa here? */
+/* 10^0..10^27: 5^27 < 2^64, so each is exact in the x87 format.  Built
+ * by multiplication rather than written as literals, so no compiler's
+ * decimal conversion is trusted. */
+static long double pow10_ld[28];
+static bool x87_exact; /* does long double really carry a 64-bit mantissa? */
+static pthread_once_t x87_once = PTHREAD_ONCE_INIT;
+
+static void x87_probe(void)
+{
+    volatile long double one = 1.0L, tiny = 0x1p-63L;
+    x87_exact = (one + tiny) != one;
+    pow10_ld[0] = 1.0L;
+    for (int i = 1; i < 28; i++) pow10_ld[i] = pow10_ld[i - 1] * 10.0L;
+}
+
 static bool extended_precision(void)
 {
-    static atomic_int known = -1;
-    int k = atomic_load_explicit(&known, memory_order_relaxed);
-    if (k < 0) {
-        volatile long double one = 1.0L, tiny = 0x1p-63L;
-        k = (one + tiny) != one;
-        atomic_store_explicit(&known, k, memory_order_relaxed);
-    }
-    return k;
+    pthread_once(&x87_once, x87_probe);
+    return x87_exact;
 }
 #endif
 
@@ -147,8 +155,7 @@ static const char *parse_number(const char *s, const char *end, double *out, boo
      * 2^-64 of a halfway point between two doubles.  Emulators (valgrind)
      * compute long double as double: a one-time probe sends them to strtod. */
     if (!inexact && e >= -27 && e <= 27 && extended_precision()) {
-        long double pw = 1.0L;
-        for (int i = 0; i < (e >= 0 ? e : -e); i++) pw *= 10.0L;
+        long double pw = pow10_ld[e >= 0 ? e : -e];
         long double v = (long double)mant;
         v = e >= 0 ? v * pw : v / pw;
         *out = (double)(neg ? -v : v);

@@ -19,7 +19,7 @@
 struct fmt_entry {
     uint32_t bits;
     uint8_t len;      /* 0 = empty */
-    char text[19];
+    char text[TAME_FLOAT_TEXT_MAX];
 };
 
 struct remote {
@@ -63,37 +63,6 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* Nine significant digits of a float, "d.ddddddddE" with trailing zeros
- * dropped: 15 times faster than printf("%.9g").  Scaling in double is off
- * by far less than one unit of the ninth digit, itself under half a float
- * ulp, so the text still parses back to the same float. */
-static int fmt_float(char *out, float f)
-{
-    char *p = out;
-    double d = f;
-    if (signbit(d)) *p++ = '-', d = -d;
-    if (d == 0) {
-        *p++ = '0';
-        return (int)(p - out);
-    }
-    int e = (int)floor(log10(d));
-    double scaled = d * pow(10.0, 8 - e);
-    uint64_t m = (uint64_t)llround(scaled);
-    if (m >= 1000000000ULL) m = (m + 5) / 10, e++;
-    else if (m < 100000000ULL) m = (uint64_t)llround(d * pow(10.0, 9 - e)), e--;
-    char dig[9];
-    for (int i = 8; i >= 0; i--) dig[i] = (char)('0' + m % 10), m /= 10;
-    int last = 8;
-    while (last > 0 && dig[last] == '0') last--;
-    *p++ = dig[0];
-    if (last > 0) {
-        *p++ = '.';
-        for (int i = 1; i <= last; i++) *p++ = dig[i];
-    }
-    if (e != 0) p += sprintf(p, "e%d", e);
-    return (int)(p - out);
-}
-
 static int fmt_cached(struct remote *r, char *out, float f)
 {
     uint32_t bits;
@@ -103,7 +72,7 @@ static int fmt_cached(struct remote *r, char *out, float f)
         memcpy(out, e->text, e->len);
         return e->len;
     }
-    int n = fmt_float(out, f);
+    int n = tame_fmt_float(out, f);
     e->bits = bits;
     e->len = (uint8_t)n;
     memcpy(e->text, out, (size_t)n);
@@ -113,7 +82,7 @@ static int fmt_cached(struct remote *r, char *out, float f)
 /* Append n floats as a JSON array. */
 static void out_floats(struct remote *r, const float *x, int n)
 {
-    char *p = (char *)tame_wbuf_room(&r->req, (size_t)n * 18 + 2);
+    char *p = (char *)tame_wbuf_room(&r->req, (size_t)n * (TAME_FLOAT_TEXT_MAX + 1) + 2);
     if (!p) abort();
     *p++ = '[';
     for (int j = 0; j < n; j++) {

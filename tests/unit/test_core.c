@@ -4,8 +4,10 @@
 #include "check_run.h"
 
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 START_TEST(error_table_maps_names_messages_statuses)
@@ -133,6 +135,63 @@ START_TEST(wbuf_printf_grows_and_terminates)
 }
 END_TEST
 
+/* Every float the formatter writes is valid JSON-number text of at most
+ * TAME_FLOAT_TEXT_MAX bytes that parses back to the same float. */
+static void check_round_trip(float f)
+{
+    char buf[TAME_FLOAT_TEXT_MAX + 1];
+    int n = tame_fmt_float(buf, f);
+    ck_assert_int_gt(n, 0);
+    ck_assert_int_le(n, TAME_FLOAT_TEXT_MAX);
+    buf[n] = 0;
+    /* JSON grammar: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? */
+    const char *p = buf;
+    if (*p == '-') p++;
+    if (*p == '0') p++;
+    else {
+        ck_assert_msg(*p >= '1' && *p <= '9', "bad text %s", buf);
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    if (*p == '.') {
+        p++;
+        ck_assert_msg(*p >= '0' && *p <= '9', "bad text %s", buf);
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    if (*p == 'e') {
+        p++;
+        if (*p == '-') p++;
+        ck_assert_msg(*p >= '0' && *p <= '9', "bad text %s", buf);
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    ck_assert_msg(*p == 0, "bad text %s", buf);
+    float back = strtof(buf, NULL);
+    ck_assert_msg(memcmp(&back, &f, sizeof(f)) == 0, "%a wrote %s, read back %a", (double)f, buf, (double)back);
+}
+
+START_TEST(fmt_float_round_trips_and_is_json)
+{
+    const float fixed[] = {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, 12.5f, 1e-5f, 9.99999e-6f, 123456789.0f, 1e9f,
+                           1.0f / 255, 3.0f / 255, FLT_MIN, -FLT_MAX, FLT_MAX, 0x1p-149f, 0x1.fffffep-127f,
+                           0.1f, 0.2f, 0.3f, 100.0f, 1e10f, 999999999.0f};
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) check_round_trip(fixed[i]);
+    char buf[TAME_FLOAT_TEXT_MAX];
+    int n = tame_fmt_float(buf, 1.0f / 255);
+    ck_assert_int_eq(n, 13);
+    ck_assert_mem_eq(buf, "0.00392156886", 13); /* positional in the %g range */
+    n = tame_fmt_float(buf, 12.5f);
+    ck_assert_mem_eq(buf, "12.5", 4);
+    ck_assert_int_eq(n, 4);
+    struct tame_rng rng;
+    tame_rng_seed(&rng, 11);
+    for (int i = 0; i < 200000; i++) {
+        uint32_t bits = (uint32_t)tame_rng_u64(&rng);
+        float f;
+        memcpy(&f, &bits, sizeof(f));
+        if (isfinite(f)) check_round_trip(f);
+    }
+}
+END_TEST
+
 START_TEST(rbuf_overrun_and_nonfinite_are_corrupt)
 {
     uint8_t two[2] = {1, 2};
@@ -182,6 +241,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, rng_shuffle_is_a_permutation);
     tcase_add_test(tc, bytes_round_trip_with_crc);
     tcase_add_test(tc, wbuf_printf_grows_and_terminates);
+    tcase_add_test(tc, fmt_float_round_trips_and_is_json);
     tcase_add_test(tc, rbuf_overrun_and_nonfinite_are_corrupt);
     tcase_add_test(tc, alloc_injection_fails_the_nth_and_counts_live);
     suite_add_tcase(s, tc);
