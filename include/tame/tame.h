@@ -145,8 +145,10 @@ int tame_learner_expert_info(const struct tame_learner *l, int expert,
 /* ---- selector training ---- */
 struct tame_selector_job;
 /* Copy what selector training needs (buffer, expert count, params, seed) so
- * it can run without the learner.  TAME_E_STATE if fewer than 2 experts. */
-int tame_selector_job_new(const struct tame_learner *l, struct tame_selector_job **ret);
+ * it can run without the learner.  Taking a job is what resets selector_due,
+ * so the jobs a learner asks for depend only on its batches.  TAME_E_STATE
+ * if fewer than 2 experts. */
+int tame_selector_job_new(struct tame_learner *l, struct tame_selector_job **ret);
 /* Train (fresh init, selector_epochs, then prune + fine-tune).  Slow; touches
  * only the job, so it may run on any thread. */
 int tame_selector_job_run(struct tame_selector_job *job);

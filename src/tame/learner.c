@@ -678,14 +678,15 @@ void tame_learner_info(const struct tame_learner *l, struct tame_info *info)
         .selector_version = l->selector_version,
         .selector_fill = tame_reservoir_size(l->sel_buf),
     };
-    /* Due when the expert set changed or selector_every batches passed, and
+    /* Due when the expert set changed since the last job was taken, or
+     * selector_every batches passed since, and
      * every expert has samples in the buffer to be routed to (a newcomer's
      * first samples arrive attribution_batches after it was spawned). */
     bool represented = l->n_experts >= 2;
     for (int k = 0; k < l->n_experts && represented; k++)
         represented = tame_reservoir_tag_count(l->sel_buf, k) > 0;
     info->selector_due = represented &&
-                         (l->selector_experts != l->n_experts ||
+                         (l->selector_req_experts != l->n_experts ||
                           l->batches - l->selector_batch >= (uint64_t)l->p.selector_every);
 }
 

@@ -8,7 +8,7 @@
 struct tame_selector_job {
     struct tame_params p;
     int n_experts;         /* outputs of the selector being trained */
-    uint64_t version;      /* selector_version of the learner when copied */
+    uint64_t version;      /* jobs taken before this one: seeds it */
     uint64_t batch;        /* learner batches when copied */
     int n;                 /* training samples */
     float *x;              /* [n x input_dim] */
@@ -26,7 +26,7 @@ void tame_selector_job_free(struct tame_selector_job *job)
     tame_free(job);
 }
 
-int tame_selector_job_new(const struct tame_learner *l, struct tame_selector_job **ret)
+int tame_selector_job_new(struct tame_learner *l, struct tame_selector_job **ret)
 {
     int n = tame_reservoir_size(l->sel_buf);
     if (l->n_experts < 2 || n < 1) return TAME_E_STATE;
@@ -34,7 +34,7 @@ int tame_selector_job_new(const struct tame_learner *l, struct tame_selector_job
     if (!job) return TAME_E_NOMEM;
     job->p = l->p;
     job->n_experts = l->n_experts;
-    job->version = l->selector_version;
+    job->version = l->selector_jobs;
     job->batch = l->batches;
     job->n = n;
     job->x = tame_malloc((size_t)n * l->p.input_dim * sizeof(float));
@@ -44,6 +44,12 @@ int tame_selector_job_new(const struct tame_learner *l, struct tame_selector_job
         return TAME_E_NOMEM;
     }
     tame_reservoir_copy(l->sel_buf, job->x, NULL, job->tag);
+    /* Taking a job is what schedules the next one, so when jobs are taken
+     * depends only on the batches, never on when a job finishes: a log
+     * replayed gives the same jobs with the same seeds. */
+    l->selector_jobs++;
+    l->selector_batch = l->batches;
+    l->selector_req_experts = l->n_experts;
     *ret = job;
     return 0;
 }
@@ -104,14 +110,16 @@ int tame_learner_install_selector(struct tame_learner *l, struct tame_selector_j
     if (!job->net || job->n_experts > l->n_experts ||
         nn_mlp_inputs(job->net) != l->p.input_dim)
         return TAME_E_STATE;
-    int rc = tame_learner_record(l, &(struct tame_event){.batch = l->batches,
+    /* Events carry the batch the job was taken at (its buffer), not the
+     * batch it happened to be installed at. */
+    int rc = tame_learner_record(l, &(struct tame_event){.batch = job->batch,
                                                          .kind = TAME_EV_SELECTOR,
                                                          .from = l->selector ? l->selector_experts : 0,
                                                          .to = job->n_experts,
                                                          .stat = job->accuracy});
     if (rc < 0) return rc;
     if (job->p.selector_sparsity > 0) {
-        rc = tame_learner_record(l, &(struct tame_event){.batch = l->batches,
+        rc = tame_learner_record(l, &(struct tame_event){.batch = job->batch,
                                                          .kind = TAME_EV_PRUNE,
                                                          .from = -1,
                                                          .to = -1,
@@ -127,7 +135,6 @@ int tame_learner_install_selector(struct tame_learner *l, struct tame_selector_j
     job->net = NULL;
     l->selector_experts = job->n_experts;
     l->selector_version++;
-    l->selector_batch = job->batch;
     return 0;
 }
 

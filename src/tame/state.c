@@ -10,7 +10,7 @@
 #include <string.h>
 
 #define LRN_MAGIC 0x4e524c54u /* "TLRN" */
-#define LRN_VERSION 1u
+#define LRN_VERSION 2u /* 2: selector jobs scheduled at taking */
 
 static void params_save(const struct tame_params *p, struct tame_wbuf *w)
 {
@@ -159,6 +159,8 @@ void tame_learner_save(const struct tame_learner *l, struct tame_wbuf *w)
     tame_wbuf_i32(w, l->selector_experts);
     tame_wbuf_u64(w, l->selector_version);
     tame_wbuf_u64(w, l->selector_batch);
+    tame_wbuf_i32(w, l->selector_req_experts);
+    tame_wbuf_u64(w, l->selector_jobs);
     tame_wbuf_u64(w, l->next_event_seq);
     tame_wbuf_u64(w, (uint64_t)l->n_events);
     for (size_t i = 0; i < l->n_events; i++) event_save(&l->events[i], w);
@@ -280,7 +282,10 @@ int tame_learner_load(struct tame_rbuf *r, struct tame_learner **ret)
     l->selector_experts = tame_rbuf_i32(r);
     l->selector_version = tame_rbuf_u64(r);
     l->selector_batch = tame_rbuf_u64(r);
+    l->selector_req_experts = tame_rbuf_i32(r);
+    l->selector_jobs = tame_rbuf_u64(r);
     if (r->err || l->selector_experts < 0 || l->selector_experts > l->n_experts ||
+        l->selector_req_experts < 0 || l->selector_req_experts > l->n_experts ||
         (l->selector && (nn_mlp_outputs(l->selector) != l->selector_experts ||
                          nn_mlp_inputs(l->selector) != p.input_dim)))
         goto corrupt;

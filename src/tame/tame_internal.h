@@ -76,6 +76,8 @@ struct tame_learner {
     int selector_experts;        /* experts it was trained for */
     uint64_t selector_version;
     uint64_t selector_batch;     /* l->batches when the last job was taken */
+    int selector_req_experts;    /* experts the last job was taken for */
+    uint64_t selector_jobs;      /* jobs taken so far (seeds the next one) */
     struct tame_event *events;   /* pending, not yet taken */
     size_t n_events, events_cap;
     uint64_t next_event_seq;
