@@ -4,7 +4,7 @@
 set -eu
 packages="gcc libc6-dev pkg-config meson ninja-build
   libopenblas-dev libopenblas-pthread-dev zlib1g-dev libjansson-dev check
-  libmicrohttpd-dev libcurl4-openssl-dev
+  libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev
   valgrind dataset-fashion-mnist"
 missing=""
 for p in $packages; do

@@ -196,6 +196,13 @@ int tame_snapshot_predict(const struct tame_snapshot *s, struct tame_predict_wor
  * selector, RNG, counters, pending events) as one checksummed blob; loading
  * and continuing gives exactly the future a never-saved learner would. */
 void tame_learner_save(const struct tame_learner *l, struct tame_wbuf *w);
+/* The parts of that blob, for a store that keeps them apart: parameters and
+ * events (no magic or CRC of their own; a reader checks r->err, and
+ * tame_params_validate the parameters). */
+void tame_params_save(const struct tame_params *p, struct tame_wbuf *w);
+void tame_params_load(struct tame_rbuf *r, struct tame_params *p);
+void tame_event_save(const struct tame_event *e, struct tame_wbuf *w);
+void tame_event_load(struct tame_rbuf *r, struct tame_event *e);
 int tame_learner_load(struct tame_rbuf *r, struct tame_learner **ret);
 
 #endif

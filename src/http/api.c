@@ -171,6 +171,11 @@ static json_t *model_json(struct serve_model *m)
         v->info.selector_fill, "nonfinite_batches", (json_int_t)v->info.nonfinite_batches,
         "nonfinite_updates", (json_int_t)v->info.nonfinite_updates, "predictions",
         (json_int_t)c.predictions, "events", (json_int_t)c.events);
+    json_object_set_new(o, "samples_duplicate", json_integer((json_int_t)c.duplicates));
+    json_object_set_new(json_object_get(o, "selector"), "pending", json_integer(c.selector_pending));
+    json_object_set_new(o, "durability", json_pack("{s:I,s:I,s:b}", "checkpoint_position",
+                                                   (json_int_t)c.checkpoint_pos, "checkpoints",
+                                                   (json_int_t)c.checkpoints, "replaying", c.replaying));
     serve_view_put(v);
     return o;
 }
@@ -210,21 +215,85 @@ static int read_vector(const struct http_server *h, const struct num_pool *pool,
 }
 
 /* Row form {"samples":[{"x":[...],"y":3}]} or column form {"x":[[...]],"y":[...]}. */
-static int parse_samples(const struct http_server *h, const struct num_pool *pool, json_t *doc,
-                         const struct tame_params *p, float **ret_x, int **ret_y, int *ret_n, char *msg,
-                         size_t msglen)
+/* A sample id: a string of 1..SAMPLE_ID_MAX bytes, or null/absent for none. */
+#define SAMPLE_ID_MAX 256
+
+struct sample_ids {
+    char *text;       /* all ids, back to back */
+    const char **id;  /* [n], NULL for none */
+    size_t *len;
+};
+
+static void sample_ids_free(struct sample_ids *ids)
 {
+    free(ids->text);
+    free(ids->id);
+    free(ids->len);
+    memset(ids, 0, sizeof(*ids));
+}
+
+static int read_id(json_t *v, const char *where, char *msg, size_t msglen)
+{
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > SAMPLE_ID_MAX)
+        return snprintf(msg, msglen, "%s: id must be a string of 1 to %d bytes", where, SAMPLE_ID_MAX), -1;
+    return 1;
+}
+
+/* Copy the ids out of the document (which is freed before they are used). */
+static int collect_ids(json_t *rows, json_t *cid, size_t n, struct sample_ids *ids, char *msg, size_t msglen)
+{
+    memset(ids, 0, sizeof(*ids));
+    if (!rows && !cid) return 0;
+    if (cid && (!json_is_array(cid) || json_array_size(cid) != n))
+        return snprintf(msg, msglen, "id must be an array of %zu ids (or nulls), one per row of x", n), -1;
+    size_t total = 0, any = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = rows ? json_object_get(json_array_get(rows, i), "id") : json_array_get(cid, i);
+        char where[48];
+        snprintf(where, sizeof(where), "sample %zu", i);
+        int k = read_id(v, where, msg, msglen);
+        if (k < 0) return -1;
+        if (k) total += json_string_length(v), any++;
+    }
+    if (!any) return 0;
+    ids->text = malloc(total ? total : 1);
+    ids->id = calloc(n, sizeof(*ids->id));
+    ids->len = calloc(n, sizeof(*ids->len));
+    if (!ids->text || !ids->id || !ids->len) {
+        sample_ids_free(ids);
+        return snprintf(msg, msglen, "out of memory"), -2;
+    }
+    char *w = ids->text;
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = rows ? json_object_get(json_array_get(rows, i), "id") : json_array_get(cid, i);
+        if (!json_is_string(v)) continue;
+        ids->id[i] = w;
+        ids->len[i] = json_string_length(v);
+        memcpy(w, json_string_value(v), ids->len[i]);
+        w += ids->len[i];
+    }
+    return 0;
+}
+
+static int parse_samples(const struct http_server *h, const struct num_pool *pool, json_t *doc,
+                         const struct tame_params *p, float **ret_x, int **ret_y, int *ret_n,
+                         struct sample_ids *ids, char *msg, size_t msglen)
+{
+    memset(ids, 0, sizeof(*ids));
     if (!json_is_object(doc)) return snprintf(msg, msglen, "the body must be a JSON object"), -1;
     json_t *rows = json_object_get(doc, "samples"), *cx = json_object_get(doc, "x"), *cy = json_object_get(doc, "y");
     const double *ys = NULL;
     size_t ys_n = 0;
     const char *key;
     json_t *v;
-    json_object_foreach(doc, key, v) if (strcmp(key, "samples") && strcmp(key, "x") && strcmp(key, "y"))
+    json_t *cid = json_object_get(doc, "id");
+    json_object_foreach(doc, key, v) if (strcmp(key, "samples") && strcmp(key, "x") && strcmp(key, "y") &&
+                                         strcmp(key, "id"))
         return snprintf(msg, msglen, "unknown field '%s'", key), -1;
     size_t n;
     if (rows) {
-        if (cx || cy) return snprintf(msg, msglen, "use either samples or x/y, not both"), -1;
+        if (cx || cy || cid) return snprintf(msg, msglen, "use either samples or x/y/id, not both"), -1;
         if (!json_is_array(rows)) return snprintf(msg, msglen, "samples must be an array"), -1;
         n = json_array_size(rows);
     } else {
@@ -286,6 +355,12 @@ static int parse_samples(const struct http_server *h, const struct num_pool *poo
         }
         y[i] = (int)json_integer_value(yi);
     }
+    int irc = collect_ids(rows, cid, n, ids, msg, msglen);
+    if (irc < 0) {
+        free(x);
+        free(y);
+        return irc;
+    }
     *ret_x = x;
     *ret_y = y;
     *ret_n = (int)n;
@@ -341,6 +416,26 @@ static int send_model_error(struct MHD_Connection *c, int rc, const char *name)
     return http_send_error(c, tame_err_http_status(rc), tame_err_name(rc), "%s", tame_strerror(rc));
 }
 
+/* Errors of anything that writes the log: nothing was acknowledged. */
+static int send_append_error(struct MHD_Connection *c, struct serve_model *m, int rc)
+{
+    if (rc == TAME_E_BUSY)
+        return http_send_error_ex(c, 429, "BUSY", "1", NULL, "the queue of model '%s' is full; retry later",
+                                  serve_model_name(m));
+    if (rc == TAME_E_UNAVAIL) {
+        struct serve_counters cn;
+        serve_counters(m, &cn);
+        if (cn.replaying)
+            return http_send_error_ex(c, 503, "REPLAYING", "1", NULL,
+                                      "model '%s' is replaying its log after a restart; retry shortly",
+                                      serve_model_name(m));
+        return http_send_error_ex(c, 503, "UNAVAILABLE", "5", NULL,
+                                  "the database is not writable (disk full, read-only or failing); "
+                                  "nothing was acknowledged");
+    }
+    return send_model_error(c, rc, serve_model_name(m));
+}
+
 static int handle_create(struct http_server *h, struct MHD_Connection *c, char *body, size_t len)
 {
     int ret;
@@ -354,6 +449,8 @@ static int handle_create(struct http_server *h, struct MHD_Connection *c, char *
     int rc = serve_create(h->serve, name, &p);
     if (rc == TAME_E_EXIST) return http_send_error(c, 409, "EXISTS", "a model named '%s' exists", name);
     if (rc == TAME_E_LIMIT) return http_send_error(c, 409, "LIMIT", "the daemon already serves its maximum of models");
+    if (rc == TAME_E_UNAVAIL)
+        return http_send_error_ex(c, 503, "UNAVAILABLE", "5", NULL, "the database is not writable; the model was not created");
     if (rc < 0) return send_model_error(c, rc, name);
     TAME_LOG(TAME_LOG_INFO, "model created", "model=%s input_dim=%d classes=%d", name, p.input_dim, p.classes);
     struct serve_model *m = serve_get(h->serve, name);
@@ -389,20 +486,21 @@ static int handle_samples(struct http_server *h, struct MHD_Connection *c, struc
     float *x;
     int *y, n;
     char msg[256];
-    int prc = parse_samples(h, &pool, doc, serve_model_params(m), &x, &y, &n, msg, sizeof(msg));
+    struct sample_ids ids;
+    int prc = parse_samples(h, &pool, doc, serve_model_params(m), &x, &y, &n, &ids, msg, sizeof(msg));
     json_decref(doc);
     num_pool_done(&pool);
     if (prc == -2) return http_send_error(c, 503, "NOMEM", "%s", msg);
     if (prc < 0) return http_send_error(c, 400, "INVALID", "%s", msg);
     uint64_t acked = 0;
-    int rc = serve_append(m, x, y, n, &acked);
+    int dups = 0;
+    int rc = serve_append(m, x, y, ids.id, ids.len, n, &dups, &acked);
     free(x);
     free(y);
-    if (rc == TAME_E_BUSY)
-        return http_send_error_ex(c, 429, "BUSY", "1", NULL, "the queue of model '%s' is full; retry later",
-                                  serve_model_name(m));
-    if (rc < 0) return send_model_error(c, rc, serve_model_name(m));
-    return http_send_json(c, 200, json_pack("{s:i,s:I}", "accepted", n, "samples_acknowledged", (json_int_t)acked));
+    sample_ids_free(&ids);
+    if (rc < 0) return send_append_error(c, m, rc);
+    return http_send_json(c, 200, json_pack("{s:i,s:i,s:I}", "accepted", n - dups, "duplicates", dups,
+                                            "samples_acknowledged", (json_int_t)acked));
 }
 
 /* Each HTTP thread keeps one prediction workspace across requests (freed
@@ -673,8 +771,9 @@ static int dispatch(struct http_server *h, struct MHD_Connection *c, const char 
     if (!strcmp(url, "/readyz")) {
         *ep = HTTP_EP_READYZ;
         if (!get) return http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
-        if (!atomic_load(&h->ready))
-            return http_send_error_ex(c, 503, "NOT_READY", "1", NULL, "shutting down");
+        const char *why = "shutting down";
+        if (!atomic_load(&h->ready) || !serve_ready(h->serve, &why))
+            return http_send_error_ex(c, 503, "NOT_READY", "1", NULL, "%s", why);
         return http_send_json(c, 200, json_pack("{s:s}", "status", "ready"));
     }
     if (!strcmp(url, "/metrics")) {
@@ -727,14 +826,19 @@ static int dispatch(struct http_server *h, struct MHD_Connection *c, const char 
         ret = get ? handle_events(c, m) : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use GET");
         break;
     case HTTP_EP_SELECTOR:
-        if (post) serve_retrain_selector(m);
-        ret = post ? http_send_json(c, 202, json_pack("{s:b}", "requested", 1))
-                   : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use POST");
+    case HTTP_EP_FLUSH: {
+        if (!post) {
+            ret = http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use POST");
+            break;
+        }
+        int rc = *ep == HTTP_EP_SELECTOR ? serve_retrain_selector(m) : serve_flush(m);
+        ret = rc < 0                     ? send_append_error(c, m, rc)
+              : *ep == HTTP_EP_SELECTOR ? http_send_json(c, 202, json_pack("{s:b}", "requested", 1))
+                                        : http_send_json(c, 200, json_pack("{s:b}", "flushed", 1));
         break;
-    default: /* flush */
-        if (post) serve_flush(m);
-        ret = post ? http_send_json(c, 200, json_pack("{s:b}", "flushed", 1))
-                   : http_send_error(c, 405, "METHOD_NOT_ALLOWED", "use POST");
+    }
+    default:
+        ret = http_send_error(c, 404, "NOT_FOUND", "no route %s", url);
         break;
     }
     serve_put(m);

@@ -1,65 +1,19 @@
-/* serve.c: see serve.h.  Locks: `s->mu` guards the registry and the
- * scheduling flags of every model (busy, ready); `m->mu` guards a model's
- * queue, view pointer, events and counters.  Order: s->mu before m->mu.
- * A model's learner is touched only by the worker that set it busy. */
-#include "serve.h"
+/* serve.c: see serve.h.  The registry, the published views, the learner
+ * workers, the selector thread and checkpoints; the committer is in
+ * commit.c and loading in recover.c (locks: serve_internal.h).  A model's
+ * learner is touched only by the worker that set it busy. */
+#include "serve_internal.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
+#include "tame/log.h"
+
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#define TAKE_BATCHES 8 /* batches a worker trains before it publishes */
-
-struct serve_view_ref {
-    struct serve_view view;
-    atomic_int refs;
-};
-
-struct serve_model {
-    char name[SERVE_NAME_MAX + 1];
-    struct tame_params p;
-    struct serve *s;
-    atomic_int refs;                  /* registry + requests + workers */
-    /* guarded by s->mu */
-    bool busy;
-    /* guarded by mu */
-    pthread_mutex_t mu;
-    float *qx;                        /* ring [queue_cap x input_dim] */
-    int *qy;
-    int q_head, q_len, q_cap;
-    bool flush;                       /* train a partial batch */
-    bool selector_request;            /* retrain the selector now (client asked) */
-    uint64_t acknowledged, predictions;
-    uint64_t by_kind[TAME_EV_PRUNE + 1]; /* events per kind, kept as they are appended */
-    struct serve_view_ref *view;
-    struct tame_event *events;
-    size_t n_events, events_cap;
-    struct tame_selector_job *selector_done; /* trained, waiting to be installed */
-    bool selector_running;
-    /* owned by the busy worker */
-    struct tame_learner *learner;
-};
-
-struct serve {
-    struct serve_config cfg;
-    pthread_mutex_t mu;
-    pthread_cond_t work_cv;           /* a model may have work; or stopping */
-    struct serve_model **models;
-    int n_models, models_cap;
-    bool stopping, draining, stopped;
-    int rr;                           /* round-robin start */
-    pthread_t *workers;
-    int n_workers;
-    /* selector thread */
-    pthread_t sel_thread;
-    bool sel_started;
-    pthread_cond_t sel_cv;
-    struct serve_model **sel_queue;   /* models with a job to run, refs held */
-    struct tame_selector_job **sel_jobs;
-    int sel_len, sel_cap;
-};
+#define PARAMS_MAGIC 0x4d525054u /* "TPRM" */
+#define PARAMS_VERSION 1u
 
 /* ---- views ---- */
 
@@ -87,7 +41,7 @@ struct serve_view *serve_view_get(struct serve_model *m)
 }
 
 /* Build a view of the learner (caller owns the learner). */
-static struct serve_view_ref *view_build(struct tame_learner *l, int classes)
+struct serve_view_ref *serve_view_build(struct tame_learner *l, int classes)
 {
     struct serve_view_ref *r = calloc(1, sizeof(*r));
     if (!r) return NULL;
@@ -111,15 +65,38 @@ fail:
 
 /* ---- models ---- */
 
+void serve_params_save(const struct tame_params *p, struct tame_wbuf *w)
+{
+    tame_wbuf_u32(w, PARAMS_MAGIC);
+    tame_wbuf_u32(w, PARAMS_VERSION);
+    tame_params_save(p, w);
+}
+
+int serve_params_load(const void *b, size_t len, struct tame_params *p)
+{
+    struct tame_rbuf r;
+    tame_rbuf_init(&r, b, len);
+    if (tame_rbuf_u32(&r) != PARAMS_MAGIC) return TAME_E_CORRUPT;
+    if (tame_rbuf_u32(&r) != PARAMS_VERSION) return r.err ? TAME_E_CORRUPT : TAME_E_VERSION;
+    tame_params_load(&r, p);
+    if (r.err || tame_rbuf_left(&r) != 0 || tame_params_validate(p, NULL) < 0) return TAME_E_CORRUPT;
+    return 0;
+}
+
 static void model_free(struct serve_model *m)
 {
     tame_learner_free(m->learner);
-    tame_selector_job_free(m->selector_done);
+    for (struct serve_job *j = m->done_head, *next; j; j = next) {
+        next = j->next;
+        tame_selector_job_free(j->job);
+        free(j);
+    }
     if (m->view) serve_view_put(&m->view->view);
     free(m->qx);
     free(m->qy);
     free(m->events);
     pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->room_cv);
     free(m);
 }
 
@@ -130,6 +107,44 @@ void serve_put(struct serve_model *m)
 
 const char *serve_model_name(const struct serve_model *m) { return m->name; }
 const struct tame_params *serve_model_params(const struct serve_model *m) { return &m->p; }
+
+/* A model with a fresh learner and an empty queue, not yet listed; one
+ * reference, the caller's. */
+struct serve_model *serve_model_alloc(struct serve *s, const char *name, const struct tame_params *p)
+{
+    struct serve_model *m = calloc(1, sizeof(*m));
+    if (!m) return NULL;
+    snprintf(m->name, sizeof(m->name), "%s", name);
+    m->p = *p;
+    m->s = s;
+    atomic_init(&m->refs, 1);
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->room_cv, NULL);
+    m->q_cap = s->cfg.queue_samples;
+    m->qx = malloc((size_t)m->q_cap * p->input_dim * sizeof(float));
+    m->qy = malloc((size_t)m->q_cap * sizeof(int));
+    m->ckpt_time = tame_now_s();
+    if (!m->qx || !m->qy || tame_learner_new(p, &m->learner) < 0 ||
+        tame_learner_set_threads(m->learner, s->cfg.step_threads) < 0 ||
+        !(m->view = serve_view_build(m->learner, p->classes))) {
+        serve_put(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* The registry takes the caller's reference. */
+void serve_model_register_locked(struct serve *s, struct serve_model *m)
+{
+    if (s->n_models == s->models_cap) {
+        int cap = s->models_cap ? 2 * s->models_cap : 8;
+        struct serve_model **nm = realloc(s->models, (size_t)cap * sizeof(*nm));
+        if (!nm) abort(); /* a few pointers; the model row is already committed */
+        s->models = nm;
+        s->models_cap = cap;
+    }
+    s->models[s->n_models++] = m;
+}
 
 static int find_model(const struct serve *s, const char *name)
 {
@@ -143,64 +158,38 @@ int serve_create(struct serve *s, const char *name, const struct tame_params *p)
     if (strlen(name) > SERVE_NAME_MAX) return TAME_E_RANGE;
     int rc = tame_params_validate(p, NULL);
     if (rc < 0) return rc;
-    struct serve_model *m = calloc(1, sizeof(*m));
-    if (!m) return TAME_E_NOMEM;
-    snprintf(m->name, sizeof(m->name), "%s", name);
-    m->p = *p;
-    m->s = s;
-    atomic_init(&m->refs, 1);
-    pthread_mutex_init(&m->mu, NULL);
-    m->q_cap = s->cfg.queue_samples;
-    m->qx = malloc((size_t)m->q_cap * p->input_dim * sizeof(float));
-    m->qy = malloc((size_t)m->q_cap * sizeof(int));
-    rc = TAME_E_NOMEM;
-    if (!m->qx || !m->qy) goto fail;
-    rc = tame_learner_new(p, &m->learner);
-    if (rc < 0) goto fail;
-    rc = tame_learner_set_threads(m->learner, s->cfg.step_threads);
-    if (rc < 0) goto fail;
-    m->view = view_build(m->learner, p->classes);
-    rc = TAME_E_NOMEM;
-    if (!m->view) goto fail;
-
+    pthread_mutex_lock(&s->create_mu);
     pthread_mutex_lock(&s->mu);
-    if (find_model(s, name) >= 0) {
-        rc = TAME_E_EXIST;
-    } else if (s->n_models >= s->cfg.models_max) {
-        rc = TAME_E_LIMIT;
-    } else if (s->stopping) {
-        rc = TAME_E_UNAVAIL;
-    } else {
-        if (s->n_models == s->models_cap) {
-            int cap = s->models_cap ? 2 * s->models_cap : 8;
-            struct serve_model **nm = realloc(s->models, (size_t)cap * sizeof(*nm));
-            if (nm) s->models = nm, s->models_cap = cap;
-        }
-        if (s->n_models < s->models_cap) {
-            s->models[s->n_models++] = m;
-            rc = 0;
-        }
-    }
+    rc = find_model(s, name) >= 0 ? TAME_E_EXIST
+         : s->n_models >= s->cfg.models_max ? TAME_E_LIMIT
+         : s->stopping ? TAME_E_UNAVAIL : 0;
     pthread_mutex_unlock(&s->mu);
-    if (rc == 0) return 0;
-fail:
-    model_free(m);
+    struct serve_model *m = rc ? NULL : serve_model_alloc(s, name, p);
+    if (!rc && !m) rc = TAME_E_NOMEM;
+    if (!rc) {
+        struct op op = {.kind = OP_CREATE, .m = m};
+        tame_wbuf_init(&op.blob);
+        serve_params_save(p, &op.blob);
+        rc = op.blob.err ? op.blob.err : serve_commit(s, &op); /* registers m */
+        tame_wbuf_done(&op.blob);
+        if (rc) serve_put(m);
+    }
+    pthread_mutex_unlock(&s->create_mu);
     return rc;
 }
 
 int serve_delete(struct serve *s, const char *name)
 {
-    pthread_mutex_lock(&s->mu);
-    int i = find_model(s, name);
-    if (i < 0) {
-        pthread_mutex_unlock(&s->mu);
-        return TAME_E_NOTFOUND;
+    pthread_mutex_lock(&s->create_mu);
+    struct serve_model *m = serve_get(s, name);
+    int rc = TAME_E_NOTFOUND;
+    if (m) {
+        struct op op = {.kind = OP_DELETE, .m = m};
+        rc = serve_commit(s, &op); /* unlists m and drops the registry's reference */
+        serve_put(m);
     }
-    struct serve_model *m = s->models[i];
-    s->models[i] = s->models[--s->n_models];
-    pthread_mutex_unlock(&s->mu);
-    serve_put(m); /* the registry's reference */
-    return 0;
+    pthread_mutex_unlock(&s->create_mu);
+    return rc;
 }
 
 struct serve_model *serve_get(struct serve *s, const char *name)
@@ -241,63 +230,91 @@ int serve_names(struct serve *s, char ***ret_names, int *ret_n)
 
 /* ---- ingestion ---- */
 
-static bool has_work_locked(const struct serve_model *m)
+static bool checkpoint_due_locked(const struct serve_model *m, double now)
 {
-    return m->q_len >= m->p.batch_size || (m->flush && m->q_len > 0) || m->selector_done ||
-           m->selector_request;
+    return m->q_pos > m->ckpt_pos && m->jobs_out == 0 && !m->deleted && now >= m->ckpt_retry &&
+           now - m->ckpt_time >= m->s->cfg.checkpoint_seconds;
 }
 
-static void kick(struct serve *s)
+bool serve_has_work_locked(const struct serve_model *m)
+{
+    return m->q_samples >= m->p.batch_size || m->q_marks > 0 || m->done_head ||
+           checkpoint_due_locked(m, tame_now_s());
+}
+
+void serve_kick(struct serve *s)
 {
     pthread_mutex_lock(&s->mu);
     pthread_cond_broadcast(&s->work_cv);
     pthread_mutex_unlock(&s->mu);
 }
 
-int serve_append(struct serve_model *m, const float *x, const int *y, int n, uint64_t *ret_acked)
+/* Promise n queue slots to a request before it is committed, so the
+ * committed samples always fit. */
+static int reserve(struct serve_model *m, int n)
 {
-    const int d = m->p.input_dim;
     pthread_mutex_lock(&m->mu);
-    if (m->q_len + n > m->q_cap) {
-        pthread_mutex_unlock(&m->mu);
-        return TAME_E_BUSY;
-    }
-    for (int i = 0; i < n; i++) {
-        int slot = (m->q_head + m->q_len) % m->q_cap;
-        memcpy(m->qx + (size_t)slot * d, x + (size_t)i * d, (size_t)d * sizeof(float));
-        m->qy[slot] = y[i];
-        m->q_len++;
-    }
-    m->acknowledged += (uint64_t)n;
-    *ret_acked = m->acknowledged;
-    bool ready = has_work_locked(m);
+    int rc = m->replaying || m->deleted ? TAME_E_UNAVAIL
+             : m->q_len + m->q_reserved + n > m->q_cap ? TAME_E_BUSY : 0;
+    if (!rc) m->q_reserved += n;
     pthread_mutex_unlock(&m->mu);
-    if (ready) kick(m->s);
+    return rc;
+}
+
+static void unreserve(struct serve_model *m, int n)
+{
+    pthread_mutex_lock(&m->mu);
+    m->q_reserved -= n;
+    pthread_cond_broadcast(&m->room_cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+int serve_append(struct serve_model *m, const float *x, const int *y, const char *const *ids,
+                 const size_t *id_lens, int n, int *ret_dups, uint64_t *ret_acked)
+{
+    int rc = reserve(m, n);
+    if (rc) return rc;
+    uint8_t *dup = malloc((size_t)(n ? n : 1));
+    if (!dup) {
+        unreserve(m, n);
+        return TAME_E_NOMEM;
+    }
+    struct op op = {.kind = OP_SAMPLES, .m = m, .x = x, .y = y, .ids = ids, .id_lens = id_lens, .n = n,
+                    .dup = dup};
+    rc = serve_commit(m->s, &op); /* queues the new samples and releases the slots */
+    free(dup);
+    if (rc) {
+        unreserve(m, n);
+        return rc;
+    }
+    *ret_dups = n - op.kept;
+    *ret_acked = op.acked;
     return 0;
 }
 
-void serve_flush(struct serve_model *m)
+static int append_mark(struct serve_model *m, enum store_kind kind)
 {
-    pthread_mutex_lock(&m->mu);
-    m->flush = m->q_len > 0;
-    bool ready = has_work_locked(m);
-    pthread_mutex_unlock(&m->mu);
-    if (ready) kick(m->s);
+    int rc = reserve(m, 1);
+    if (rc) return rc;
+    struct op op = {.kind = OP_MARK, .m = m, .mark = kind};
+    rc = serve_commit(m->s, &op);
+    if (rc) unreserve(m, 1);
+    return rc;
 }
 
-void serve_retrain_selector(struct serve_model *m)
-{
-    pthread_mutex_lock(&m->mu);
-    m->selector_request = true;
-    pthread_mutex_unlock(&m->mu);
-    kick(m->s);
-}
+int serve_flush(struct serve_model *m) { return append_mark(m, STORE_FLUSH); }
+int serve_retrain_selector(struct serve_model *m) { return append_mark(m, STORE_SELECTOR); }
 
 void serve_counters(struct serve_model *m, struct serve_counters *c)
 {
     pthread_mutex_lock(&m->mu);
     *c = (struct serve_counters){.acknowledged = m->acknowledged,
-                                 .queued = (uint64_t)m->q_len,
+                                 .duplicates = m->duplicates,
+                                 .checkpoint_pos = m->ckpt_pos,
+                                 .checkpoints = m->checkpoints,
+                                 .replaying = m->replaying,
+                                 .selector_pending = m->jobs_out,
+                                 .queued = (uint64_t)m->q_samples,
                                  .predictions = m->predictions,
                                  .events = m->n_events};
     memcpy(c->by_kind, m->by_kind, sizeof(c->by_kind));
@@ -309,6 +326,21 @@ void serve_count_predictions(struct serve_model *m, uint64_t rows)
     pthread_mutex_lock(&m->mu);
     m->predictions += rows;
     pthread_mutex_unlock(&m->mu);
+}
+
+void serve_append_events_locked(struct serve_model *m, const struct tame_event *ev, size_t n)
+{
+    if (m->n_events + n > m->events_cap) {
+        size_t cap = m->events_cap ? m->events_cap : 64;
+        while (cap < m->n_events + n) cap *= 2;
+        struct tame_event *ne = realloc(m->events, cap * sizeof(*ne));
+        if (!ne) return;
+        m->events = ne;
+        m->events_cap = cap;
+    }
+    memcpy(m->events + m->n_events, ev, n * sizeof(*ev));
+    m->n_events += n;
+    for (size_t k = 0; k < n; k++) m->by_kind[ev[k].kind]++;
 }
 
 int serve_events(struct serve_model *m, uint64_t from, int limit, struct tame_event **ret, size_t *ret_n,
@@ -331,6 +363,29 @@ int serve_events(struct serve_model *m, uint64_t from, int limit, struct tame_ev
     return 0;
 }
 
+bool serve_ready(struct serve *s, const char **why)
+{
+    pthread_mutex_lock(&s->commit_mu);
+    bool degraded = s->stats.degraded;
+    pthread_mutex_unlock(&s->commit_mu);
+    if (degraded) {
+        *why = "the database is not writable";
+        return false;
+    }
+    if (atomic_load(&s->replaying) > 0) {
+        *why = "replaying the sample log";
+        return false;
+    }
+    return true;
+}
+
+void serve_store_stats(struct serve *s, struct serve_store_stats *st)
+{
+    pthread_mutex_lock(&s->commit_mu);
+    *st = s->stats;
+    pthread_mutex_unlock(&s->commit_mu);
+}
+
 /* ---- selector thread ---- */
 
 static void *selector_main(void *arg)
@@ -338,130 +393,210 @@ static void *selector_main(void *arg)
     struct serve *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (s->sel_len == 0 && !s->stopped) pthread_cond_wait(&s->sel_cv, &s->mu);
-        if (s->sel_len == 0) break;
-        struct serve_model *m = s->sel_queue[0];
-        struct tame_selector_job *job = s->sel_jobs[0];
-        s->sel_len--;
-        memmove(s->sel_queue, s->sel_queue + 1, (size_t)s->sel_len * sizeof(*s->sel_queue));
-        memmove(s->sel_jobs, s->sel_jobs + 1, (size_t)s->sel_len * sizeof(*s->sel_jobs));
+        while (!s->sel_head && !s->sel_stop) pthread_cond_wait(&s->sel_cv, &s->mu);
+        if (!s->sel_head) break;
+        struct serve_job *j = s->sel_head;
+        s->sel_head = j->next;
+        if (!s->sel_head) s->sel_tail = NULL;
         pthread_mutex_unlock(&s->mu);
-        int rc = tame_selector_job_run(job);
+        j->failed = tame_selector_job_run(j->job) != 0;
+        j->next = NULL;
+        struct serve_model *m = j->m;
         pthread_mutex_lock(&m->mu);
-        m->selector_running = false;
-        if (rc == 0) {
-            tame_selector_job_free(m->selector_done);
-            m->selector_done = job;
-            job = NULL;
-        }
+        if (m->done_tail) m->done_tail->next = j;
+        else m->done_head = j;
+        m->done_tail = j;
         pthread_mutex_unlock(&m->mu);
-        tame_selector_job_free(job);
-        serve_put(m);
+        serve_put(m); /* the job's reference */
         pthread_mutex_lock(&s->mu);
         pthread_cond_broadcast(&s->work_cv);
     }
+    /* Stopped without draining: drop what is left. */
+    while (s->sel_head) {
+        struct serve_job *j = s->sel_head;
+        s->sel_head = j->next;
+        tame_selector_job_free(j->job);
+        serve_put(j->m);
+        free(j);
+    }
+    s->sel_tail = NULL;
     pthread_mutex_unlock(&s->mu);
     return NULL;
 }
 
-/* Hand a selector job to the selector thread (worker holds the model). */
-static void selector_submit(struct serve *s, struct serve_model *m)
+/* Take a selector job now (worker holds the model) and queue it.  Jobs are
+ * taken at points that depend only on the log, and installed in order. */
+static void take_selector_job(struct serve *s, struct serve_model *m)
 {
+    struct serve_job *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    if (tame_selector_job_new(m->learner, &j->job) < 0) {
+        free(j);
+        return;
+    }
+    j->m = m;
+    atomic_fetch_add(&m->refs, 1);
     pthread_mutex_lock(&m->mu);
-    bool running = m->selector_running;
+    m->jobs_out++;
     pthread_mutex_unlock(&m->mu);
-    if (running) return;
-    struct tame_selector_job *job;
-    if (tame_selector_job_new(m->learner, &job) < 0) return;
     pthread_mutex_lock(&s->mu);
-    if (s->sel_len == s->sel_cap) {
-        int cap = s->sel_cap ? 2 * s->sel_cap : 8;
-        struct serve_model **q = realloc(s->sel_queue, (size_t)cap * sizeof(*q));
-        if (q) s->sel_queue = q;
-        struct tame_selector_job **j = realloc(s->sel_jobs, (size_t)cap * sizeof(*j));
-        if (j) s->sel_jobs = j;
-        if (q && j) s->sel_cap = cap;
-    }
-    if (s->sel_len < s->sel_cap && !s->stopped) {
-        atomic_fetch_add(&m->refs, 1);
-        s->sel_queue[s->sel_len] = m;
-        s->sel_jobs[s->sel_len++] = job;
-        job = NULL;
-        pthread_mutex_lock(&m->mu);
-        m->selector_running = true;
-        pthread_mutex_unlock(&m->mu);
-        pthread_cond_signal(&s->sel_cv);
-    }
+    if (s->sel_tail) s->sel_tail->next = j;
+    else s->sel_head = j;
+    s->sel_tail = j;
+    pthread_cond_signal(&s->sel_cv);
     pthread_mutex_unlock(&s->mu);
-    tame_selector_job_free(job);
+}
+
+/* ---- checkpoints ---- */
+
+/* Write the learner (consumed up to q_pos, no selector job pending) and the
+ * events not yet stored, in one transaction.  The worker holds the model. */
+static void checkpoint(struct serve *s, struct serve_model *m)
+{
+    double t0 = tame_now_s();
+    struct op op = {.kind = OP_CHECKPOINT, .m = m};
+    tame_wbuf_init(&op.blob);
+    tame_learner_save(m->learner, &op.blob);
+    op.state_len = op.blob.len;
+    pthread_mutex_lock(&m->mu);
+    op.pos = m->q_pos;
+    op.ev_seq0 = m->events_stored;
+    op.n_ev = m->n_events - m->events_stored;
+    op.ev_off = malloc((op.n_ev + 1) * sizeof(size_t));
+    for (size_t i = 0; op.ev_off && i < op.n_ev; i++) {
+        op.ev_off[i] = op.blob.len;
+        tame_event_save(&m->events[op.ev_seq0 + i], &op.blob);
+    }
+    if (op.ev_off) op.ev_off[op.n_ev] = op.blob.len;
+    pthread_mutex_unlock(&m->mu);
+    int rc = !op.ev_off ? TAME_E_NOMEM : op.blob.err ? op.blob.err : serve_commit(s, &op);
+    double now = tame_now_s();
+    pthread_mutex_lock(&m->mu);
+    if (rc == 0) {
+        m->ckpt_time = now;
+        m->ckpt_retry = 0;
+        struct tame_info info;
+        tame_learner_info(m->learner, &info);
+        m->ckpt_batches = info.batches;
+    } else {
+        m->ckpt_retry = now + 1.0; /* not every round while the disk is full */
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (rc == 0) {
+        pthread_mutex_lock(&s->commit_mu);
+        s->stats.checkpoints++;
+        s->stats.checkpoint_bytes += op.blob.len;
+        s->stats.checkpoint_seconds += now - t0;
+        pthread_mutex_unlock(&s->commit_mu);
+        TAME_LOG(TAME_LOG_DEBUG, "checkpoint", "model=%s pos=%llu bytes=%zu seconds=%.3f", m->name,
+                 (unsigned long long)op.pos, op.blob.len, now - t0);
+    } else if (rc != TAME_E_NOTFOUND) {
+        TAME_LOG(TAME_LOG_WARN, "checkpoint failed; the log keeps everything", "model=%s error=\"%s\"", m->name,
+                 tame_strerror(rc));
+    }
+    free(op.ev_off);
+    tame_wbuf_done(&op.blob);
 }
 
 /* ---- workers ---- */
 
-/* One round on a busy model: install a finished selector, train up to
- * TAKE_BATCHES batches from the queue, publish a new view. */
+struct unit {
+    int off, n; /* samples in bx */
+    int mark;   /* 0, or the ITEM_ mark that ends it */
+};
+
+/* One round on a busy model: install finished selectors in order, train up
+ * to TAKE_BATCHES units from the queue (a unit is a full batch, or the
+ * samples before a mark), publish a new view, checkpoint when due. */
 static void work_round(struct serve *s, struct serve_model *m, float *bx, int *by)
 {
     const struct tame_params *p = &m->p;
     const int d = p->input_dim, bs = p->batch_size;
+    struct unit units[TAKE_BATCHES];
+    int n_units = 0, items = 0, samples = 0, marks = 0;
     pthread_mutex_lock(&m->mu);
-    struct tame_selector_job *job = m->selector_done;
-    m->selector_done = NULL;
-    bool requested = m->selector_request;
-    m->selector_request = false;
-    int take = m->q_len / bs * bs;
-    if (take > TAKE_BATCHES * bs) take = TAKE_BATCHES * bs;
-    if (take == 0 && m->flush) take = m->q_len < bs ? m->q_len : bs;
-    if (m->q_len - take == 0) m->flush = false;
-    for (int i = 0; i < take; i++) {
+    struct serve_job *done = m->done_head;
+    m->done_head = m->done_tail = NULL;
+    int filled = 0, cur = 0;
+    for (int i = 0; i < m->q_len && n_units < TAKE_BATCHES; i++) {
         int slot = (m->q_head + i) % m->q_cap;
-        memcpy(bx + (size_t)i * d, m->qx + (size_t)slot * d, (size_t)d * sizeof(float));
-        by[i] = m->qy[slot];
+        int y = m->qy[slot];
+        if (y >= 0) {
+            memcpy(bx + (size_t)filled * d, m->qx + (size_t)slot * d, (size_t)d * sizeof(float));
+            by[filled++] = y;
+            if (filled - cur < bs) continue;
+            units[n_units++] = (struct unit){cur, filled - cur, 0};
+        } else {
+            units[n_units++] = (struct unit){cur, filled - cur, y};
+            marks++;
+        }
+        cur = filled;
+        items = i + 1;
+        samples = filled;
     }
     pthread_mutex_unlock(&m->mu);
 
     bool changed = false;
-    if (job) {
-        changed |= tame_learner_install_selector(m->learner, job) == 0;
-        tame_selector_job_free(job);
+    int installed = 0;
+    while (done) {
+        struct serve_job *j = done;
+        done = j->next;
+        if (!j->failed) changed |= tame_learner_install_selector(m->learner, j->job) == 0;
+        tame_selector_job_free(j->job);
+        free(j);
+        installed++;
     }
-    for (int off = 0; off < take; off += bs) {
-        int n = take - off < bs ? take - off : bs;
-        (void)tame_learner_step(m->learner, bx + (size_t)off * d, by + off, n);
-        changed = true;
+    for (int u = 0; u < n_units; u++) {
+        if (units[u].n > 0) {
+            (void)tame_learner_step(m->learner, bx + (size_t)units[u].off * d, by + units[u].off, units[u].n);
+            changed = true;
+        }
+        struct tame_info info;
+        tame_learner_info(m->learner, &info);
+        if (info.selector_due || (units[u].mark == ITEM_SELECTOR && info.n_experts >= 2 && info.selector_fill > 0))
+            take_selector_job(s, m);
     }
-    struct tame_info info;
-    tame_learner_info(m->learner, &info);
-    if (info.selector_due || (requested && info.n_experts >= 2)) selector_submit(s, m);
-
     struct tame_event *ev = NULL;
     size_t n_ev = 0;
     tame_learner_take_events(m->learner, &ev, &n_ev);
-    struct serve_view_ref *view = changed ? view_build(m->learner, p->classes) : NULL;
+    struct serve_view_ref *view = changed ? serve_view_build(m->learner, p->classes) : NULL;
 
+    struct tame_info info;
+    tame_learner_info(m->learner, &info);
     pthread_mutex_lock(&m->mu);
-    /* The queue shrinks only now, so /v1 counters never show samples as
+    /* The queue shrinks only now, so counters never show samples as
      * neither queued nor trained. */
-    m->q_head = (m->q_head + take) % m->q_cap;
-    m->q_len -= take;
-    if (n_ev) {
-        if (m->n_events + n_ev > m->events_cap) {
-            size_t cap = m->events_cap ? m->events_cap : 64;
-            while (cap < m->n_events + n_ev) cap *= 2;
-            struct tame_event *ne = realloc(m->events, cap * sizeof(*ne));
-            if (ne) m->events = ne, m->events_cap = cap;
-        }
-        if (m->n_events + n_ev <= m->events_cap) {
-            memcpy(m->events + m->n_events, ev, n_ev * sizeof(*ev));
-            m->n_events += n_ev;
-        }
-        for (size_t k = 0; k < n_ev; k++) m->by_kind[ev[k].kind]++;
-    }
+    m->q_head = (m->q_head + items) % m->q_cap;
+    m->q_len -= items;
+    m->q_pos += (uint64_t)items;
+    m->q_samples -= samples;
+    m->q_marks -= marks;
+    m->jobs_out -= installed;
+    if (items) pthread_cond_broadcast(&m->room_cv);
+    if (n_ev) serve_append_events_locked(m, ev, n_ev);
     struct serve_view_ref *old = NULL;
     if (view) old = m->view, m->view = view;
+    double now = tame_now_s();
+    bool due = m->q_pos > m->ckpt_pos && m->jobs_out == 0 && !m->deleted && now >= m->ckpt_retry &&
+               (info.batches - m->ckpt_batches >= s->cfg.checkpoint_batches ||
+                now - m->ckpt_time >= s->cfg.checkpoint_seconds);
     pthread_mutex_unlock(&m->mu);
     if (old) serve_view_put(&old->view);
     tame_free(ev);
+    if (due) checkpoint(s, m);
+}
+
+/* Any work left for a stopping daemon: queued units, or selector jobs out. */
+static bool stop_work_locked(struct serve *s)
+{
+    for (int k = 0; k < s->n_models; k++) {
+        struct serve_model *c = s->models[k];
+        pthread_mutex_lock(&c->mu);
+        bool left = c->jobs_out > 0 || c->q_samples >= c->p.batch_size || c->q_marks > 0;
+        pthread_mutex_unlock(&c->mu);
+        if (left || c->busy) return true;
+    }
+    return false;
 }
 
 static void *worker_main(void *arg)
@@ -478,16 +613,17 @@ static void *worker_main(void *arg)
             struct serve_model *c = s->models[(s->rr + k) % s->n_models];
             if (c->busy) continue;
             pthread_mutex_lock(&c->mu);
-            if (s->draining && c->q_len > 0) c->flush = true;
-            bool ready = has_work_locked(c);
+            bool ready = serve_has_work_locked(c);
             pthread_mutex_unlock(&c->mu);
             if (ready) m = c, s->rr = (s->rr + k + 1) % s->n_models;
         }
         if (!m) {
-            bool any_busy = false;
-            for (int k = 0; k < s->n_models; k++) any_busy |= s->models[k]->busy;
-            if (s->stopping && (!s->draining || !any_busy)) break;
-            pthread_cond_wait(&s->work_cv, &s->mu);
+            if (s->stopping && (!s->draining || !stop_work_locked(s))) break;
+            /* Timed: a checkpoint falls due with time alone. */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            pthread_cond_timedwait(&s->work_cv, &s->mu, &until);
             continue;
         }
         m->busy = true;
@@ -511,35 +647,52 @@ static void *worker_main(void *arg)
         serve_put(m);
         pthread_mutex_lock(&s->mu);
     }
+    pthread_cond_broadcast(&s->work_cv);
     pthread_mutex_unlock(&s->mu);
     free(bx);
     free(by);
     return NULL;
 }
 
-int serve_new(const struct serve_config *cfg, struct serve **ret)
+int serve_new(const struct serve_config *cfg, struct serve **ret, char *why, size_t why_len)
 {
-    if (cfg->workers < 1 || cfg->queue_samples < 1 || cfg->models_max < 1) return TAME_E_RANGE;
+    why[0] = 0;
+    if (cfg->workers < 1 || cfg->queue_samples < 1 || cfg->models_max < 1 || !cfg->store) {
+        snprintf(why, why_len, "invalid configuration");
+        store_close(cfg->store);
+        return TAME_E_RANGE;
+    }
     struct serve *s = calloc(1, sizeof(*s));
-    if (!s) return TAME_E_NOMEM;
+    if (!s) {
+        store_close(cfg->store);
+        return TAME_E_NOMEM;
+    }
     s->cfg = *cfg;
+    s->store = cfg->store;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->create_mu, NULL);
+    pthread_mutex_init(&s->commit_mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     pthread_cond_init(&s->sel_cv, NULL);
+    pthread_cond_init(&s->commit_cv, NULL);
+    pthread_cond_init(&s->commit_done_cv, NULL);
+    atomic_init(&s->replaying, 0);
+    atomic_init(&s->load_stop, false);
     s->workers = calloc((size_t)cfg->workers, sizeof(pthread_t));
-    if (!s->workers) {
-        free(s);
-        return TAME_E_NOMEM;
+    int rc = s->workers ? serve_recover(s, why, why_len) : TAME_E_NOMEM;
+    if (!rc) rc = serve_commit_start(s);
+    for (int i = 0; !rc && i < cfg->workers; i++) {
+        if (pthread_create(&s->workers[i], NULL, worker_main, s) != 0) rc = TAME_E_NOMEM;
+        else s->n_workers++;
     }
-    for (int i = 0; i < cfg->workers; i++) {
-        if (pthread_create(&s->workers[i], NULL, worker_main, s) != 0) break;
-        s->n_workers++;
+    if (!rc) {
+        if (pthread_create(&s->sel_thread, NULL, selector_main, s) == 0) s->sel_started = true;
+        else rc = TAME_E_NOMEM;
     }
-    if (pthread_create(&s->sel_thread, NULL, selector_main, s) == 0) s->sel_started = true;
-    if (s->n_workers < cfg->workers || !s->sel_started) {
-        serve_stop(s, false);
+    if (rc) {
+        if (!why[0]) snprintf(why, why_len, "cannot start: %s", tame_strerror(rc));
         serve_free(s);
-        return TAME_E_NOMEM;
+        return rc;
     }
     *ret = s;
     return 0;
@@ -556,29 +709,46 @@ void serve_stop(struct serve *s, bool drain)
     s->draining = drain;
     pthread_cond_broadcast(&s->work_cv);
     pthread_mutex_unlock(&s->mu);
+    serve_recover_stop(s);
     for (int i = 0; i < s->n_workers; i++) pthread_join(s->workers[i], NULL);
+    s->n_workers = 0;
     pthread_mutex_lock(&s->mu);
-    s->stopped = true;
+    s->sel_stop = true;
     pthread_cond_broadcast(&s->sel_cv);
     pthread_mutex_unlock(&s->mu);
     if (s->sel_started) pthread_join(s->sel_thread, NULL);
+    s->sel_started = false;
+    /* Every learner is idle now: checkpoint what changed, so the next
+     * start replays nothing but partial batches. */
+    if (drain) {
+        for (int i = 0; i < s->n_models; i++) {
+            struct serve_model *m = s->models[i];
+            pthread_mutex_lock(&m->mu);
+            bool due = m->q_pos > m->ckpt_pos && m->jobs_out == 0;
+            pthread_mutex_unlock(&m->mu);
+            if (due) checkpoint(s, m);
+        }
+    }
+    serve_commit_stop(s);
+    pthread_mutex_lock(&s->mu);
+    s->stopped = true;
+    pthread_mutex_unlock(&s->mu);
 }
 
 void serve_free(struct serve *s)
 {
     if (!s) return;
     serve_stop(s, false);
-    for (int i = 0; i < s->sel_len; i++) {
-        tame_selector_job_free(s->sel_jobs[i]);
-        serve_put(s->sel_queue[i]);
-    }
     for (int i = 0; i < s->n_models; i++) serve_put(s->models[i]);
+    store_close(s->store);
     free(s->models);
-    free(s->sel_queue);
-    free(s->sel_jobs);
     free(s->workers);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->create_mu);
+    pthread_mutex_destroy(&s->commit_mu);
     pthread_cond_destroy(&s->work_cv);
     pthread_cond_destroy(&s->sel_cv);
+    pthread_cond_destroy(&s->commit_cv);
+    pthread_cond_destroy(&s->commit_done_cv);
     free(s);
 }

@@ -12,7 +12,7 @@
 #define LRN_MAGIC 0x4e524c54u /* "TLRN" */
 #define LRN_VERSION 2u /* 2: selector jobs scheduled at taking */
 
-static void params_save(const struct tame_params *p, struct tame_wbuf *w)
+void tame_params_save(const struct tame_params *p, struct tame_wbuf *w)
 {
     tame_wbuf_i32(w, p->input_dim);
     tame_wbuf_i32(w, p->classes);
@@ -42,7 +42,7 @@ static void params_save(const struct tame_params *p, struct tame_wbuf *w)
     tame_wbuf_u64(w, p->seed);
 }
 
-static void params_load(struct tame_rbuf *r, struct tame_params *p)
+void tame_params_load(struct tame_rbuf *r, struct tame_params *p)
 {
     p->input_dim = tame_rbuf_i32(r);
     p->classes = tame_rbuf_i32(r);
@@ -72,7 +72,7 @@ static void params_load(struct tame_rbuf *r, struct tame_params *p)
     p->seed = tame_rbuf_u64(r);
 }
 
-static void event_save(const struct tame_event *e, struct tame_wbuf *w)
+void tame_event_save(const struct tame_event *e, struct tame_wbuf *w)
 {
     tame_wbuf_u64(w, e->seq);
     tame_wbuf_u64(w, e->batch);
@@ -88,7 +88,7 @@ static void event_save(const struct tame_event *e, struct tame_wbuf *w)
     tame_wbuf_i32(w, e->min_batches);
 }
 
-static void event_load(struct tame_rbuf *r, struct tame_event *e)
+void tame_event_load(struct tame_rbuf *r, struct tame_event *e)
 {
     memset(e, 0, sizeof(*e));
     e->seq = tame_rbuf_u64(r);
@@ -117,7 +117,7 @@ void tame_learner_save(const struct tame_learner *l, struct tame_wbuf *w)
     size_t start = w->len;
     tame_wbuf_u32(w, LRN_MAGIC);
     tame_wbuf_u32(w, LRN_VERSION);
-    params_save(p, w);
+    tame_params_save(p, w);
     for (int i = 0; i < 4; i++) tame_wbuf_u64(w, l->rng.s[i]);
     tame_wbuf_u64(w, l->batches);
     tame_wbuf_u64(w, l->samples_trained);
@@ -163,7 +163,7 @@ void tame_learner_save(const struct tame_learner *l, struct tame_wbuf *w)
     tame_wbuf_u64(w, l->selector_jobs);
     tame_wbuf_u64(w, l->next_event_seq);
     tame_wbuf_u64(w, (uint64_t)l->n_events);
-    for (size_t i = 0; i < l->n_events; i++) event_save(&l->events[i], w);
+    for (size_t i = 0; i < l->n_events; i++) tame_event_save(&l->events[i], w);
     tame_wbuf_crc(w, start);
 }
 
@@ -231,7 +231,7 @@ int tame_learner_load(struct tame_rbuf *r, struct tame_learner **ret)
     if (r->err) return TAME_E_CORRUPT;
     if (version != LRN_VERSION) return TAME_E_VERSION;
     struct tame_params p;
-    params_load(r, &p);
+    tame_params_load(r, &p);
     if (r->err || tame_params_validate(&p, NULL) < 0) return TAME_E_CORRUPT;
     struct tame_learner *l;
     int rc = tame_learner_new(&p, &l);
@@ -299,7 +299,7 @@ int tame_learner_load(struct tame_rbuf *r, struct tame_learner **ret)
             goto fail;
         }
         l->events_cap = (size_t)n_events;
-        for (uint64_t i = 0; i < n_events; i++) event_load(r, &l->events[i]);
+        for (uint64_t i = 0; i < n_events; i++) tame_event_load(r, &l->events[i]);
         l->n_events = (size_t)n_events;
     }
     tame_rbuf_crc(r, start);

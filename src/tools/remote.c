@@ -315,10 +315,12 @@ int remote_wait(struct remote *r, const char *name, uint64_t trained, bool selec
         json_t *sel = json_object_get(m, "selector");
         uint64_t done = (uint64_t)json_integer_value(json_object_get(m, "samples_trained"));
         int experts = (int)json_integer_value(json_object_get(m, "n_experts"));
+        /* Settled: no retrain due or in flight (a selector may still be
+         * missing: an expert with no samples in the buffer yet). */
         bool due = json_is_true(json_object_get(sel, "due"));
-        bool selected = experts < 2 || json_integer_value(json_object_get(sel, "experts")) == experts;
+        bool pending = json_integer_value(json_object_get(sel, "pending")) > 0;
         json_decref(m);
-        if (done >= trained && (!selector || (!due && selected))) {
+        if (done >= trained && (!selector || (!due && !pending))) {
             *ret_experts = experts;
             return 0;
         }

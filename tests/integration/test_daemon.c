@@ -3,6 +3,7 @@
  * while it trains; a table of bad requests that change nothing; metrics
  * that count what was sent; bearer auth; SIGTERM during ingest. */
 #include "check_run.h"
+#include "harness.h"
 #include "synth.h"
 
 #include <check.h>
@@ -19,181 +20,13 @@
 #include <unistd.h>
 
 extern char **environ;
-static const char *tamed_bin;
 static const char *openapi_path;
-
-struct daemon {
-    pid_t pid;
-    int port;
-    char log_path[256];
-};
-
 static char token_path[256];
-
-/* Start tamed on 127.0.0.1:0 and read its port from the "listening" line. */
-static void daemon_start(struct daemon *d, const char *const *extra)
-{
-    snprintf(d->log_path, sizeof(d->log_path), "/tmp/tamed-test-%d-%ld.log", getpid(), random());
-    const char *argv[32] = {tamed_bin, "--listen", "127.0.0.1:0", "--workers", "2"};
-    int argc = 5;
-    for (int i = 0; extra && extra[i]; i++) argv[argc++] = extra[i];
-    argv[argc] = NULL;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, d->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ck_assert_int_eq(posix_spawn(&d->pid, tamed_bin, &fa, NULL, (char *const *)argv, environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    d->port = 0;
-    for (int tries = 0; tries < 500 && !d->port; tries++) {
-        usleep(10000);
-        FILE *f = fopen(d->log_path, "r");
-        char line[512];
-        while (f && fgets(line, sizeof(line), f)) {
-            char *a = strstr(line, "msg=\"listening\" addr=127.0.0.1:");
-            if (a) d->port = atoi(a + strlen("msg=\"listening\" addr=127.0.0.1:"));
-        }
-        if (f) fclose(f);
-    }
-    ck_assert_msg(d->port > 0, "tamed did not start (see %s)", d->log_path);
-}
-
-/* SIGTERM and wait; returns the exit status (or 128+signal). */
-static int daemon_stop(struct daemon *d)
-{
-    kill(d->pid, SIGTERM);
-    int st;
-    ck_assert_int_eq(waitpid(d->pid, &st, 0), d->pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-struct buf {
-    char *p;
-    size_t n;
-};
-
-static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
-{
-    struct buf *b = ud;
-    size_t add = size * nmemb;
-    b->p = realloc(b->p, b->n + add + 1);
-    memcpy(b->p + b->n, ptr, add);
-    b->n += add;
-    b->p[b->n] = 0;
-    return add;
-}
-
-struct reply {
-    long status;
-    char *body;          /* NUL-terminated */
-    char www_auth[256];
-    char retry_after[32];
-};
-
-static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
-{
-    struct reply *r = ud;
-    size_t n = size * nmemb;
-    if (n > 18 && !strncasecmp(ptr, "WWW-Authenticate: ", 18))
-        snprintf(r->www_auth, sizeof(r->www_auth), "%.*s", (int)(n - 18 - 2), ptr + 18);
-    if (n > 13 && !strncasecmp(ptr, "Retry-After: ", 13))
-        snprintf(r->retry_after, sizeof(r->retry_after), "%.*s", (int)(n - 13 - 2), ptr + 13);
-    return n;
-}
-
-/* One request; content_type NULL = none; token NULL = none. */
-static struct reply request(int port, const char *method, const char *path, const char *ctype,
-                            const char *body, size_t body_len, const char *token)
-{
-    CURL *c = curl_easy_init();
-    char url[512];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
-    struct buf b = {0};
-    struct reply r = {0};
-    struct curl_slist *hdr = NULL;
-    char h1[128], h2[600];
-    if (ctype) snprintf(h1, sizeof(h1), "Content-Type: %s", ctype), hdr = curl_slist_append(hdr, h1);
-    else hdr = curl_slist_append(hdr, "Content-Type:");
-    if (token) snprintf(h2, sizeof(h2), "Authorization: %s", token), hdr = curl_slist_append(hdr, h2);
-    hdr = curl_slist_append(hdr, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
-    }
-    CURLcode rc = curl_easy_perform(c);
-    ck_assert_msg(rc == CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror(rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(c);
-    r.body = b.p ? b.p : strdup("");
-    return r;
-}
-
-static struct reply call(int port, const char *method, const char *path, const char *json)
-{
-    return request(port, method, path, json ? "application/json" : NULL, json, json ? strlen(json) : 0, NULL);
-}
-
-static json_t *call_json(int port, const char *method, const char *path, const char *json, long want)
-{
-    struct reply r = call(port, method, path, json);
-    ck_assert_msg(r.status == want, "%s %s: status %ld, want %ld: %s", method, path, r.status, want, r.body);
-    json_error_t e;
-    json_t *doc = json_loads(r.body, 0, &e);
-    ck_assert_msg(doc != NULL, "%s %s: not JSON: %s", method, path, r.body);
-    free(r.body);
-    return doc;
-}
-
-static double jnum(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_number(v), "no number %s", key);
-    return json_number_value(v);
-}
 
 static const char *model_spec =
     "{\"name\":\"m\",\"input_dim\":16,\"classes\":8,\"batch_size\":32,\"hidden\":[32,32],"
     "\"selector_capacity\":1000,\"expert_capacity\":200,\"selector_epochs\":20,"
     "\"finetune_epochs\":5,\"expert_sparsity\":0.8,\"selector_every\":50}";
-
-/* A samples request body of n samples of `task`, row or column form. */
-static char *samples_body(struct tame_rng *r, int task, int n, bool columns)
-{
-    float x[512 * SYNTH_DIM];
-    int y[512];
-    synth_batch(r, task, 2, true, x, y, n);
-    json_t *doc = json_object();
-    if (columns) {
-        json_t *xs = json_array(), *ys = json_array();
-        for (int i = 0; i < n; i++) {
-            json_t *row = json_array();
-            for (int j = 0; j < SYNTH_DIM; j++) json_array_append_new(row, json_real(x[i * SYNTH_DIM + j]));
-            json_array_append_new(xs, row);
-            json_array_append_new(ys, json_integer(y[i]));
-        }
-        json_object_set_new(doc, "x", xs);
-        json_object_set_new(doc, "y", ys);
-    } else {
-        json_t *rows = json_array();
-        for (int i = 0; i < n; i++) {
-            json_t *row = json_array();
-            for (int j = 0; j < SYNTH_DIM; j++) json_array_append_new(row, json_real(x[i * SYNTH_DIM + j]));
-            json_array_append_new(rows, json_pack("{s:o,s:i}", "x", row, "y", y[i]));
-        }
-        json_object_set_new(doc, "samples", rows);
-    }
-    char *s = json_dumps(doc, JSON_COMPACT);
-    json_decref(doc);
-    return s;
-}
 
 struct prober {
     int port;
@@ -323,6 +156,7 @@ START_TEST(three_task_stream_is_learned_routed_and_predicted_while_training)
     ck_assert_msg(routed >= 270, "routed %d of 300", routed);
     ck_assert_msg(right >= 255, "right %d of 300", right);
     ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
 }
 END_TEST
 
@@ -470,6 +304,7 @@ START_TEST(bad_requests_get_a_json_error_and_change_nothing)
     json_decref(before);
     json_decref(after);
     ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
 }
 END_TEST
 
@@ -516,6 +351,7 @@ START_TEST(every_path_of_the_openapi_contract_is_served)
     fclose(f);
     ck_assert_int_eq(checked, 10);
     ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
 }
 END_TEST
 
@@ -538,6 +374,7 @@ START_TEST(healthcheck_mode_reports_liveness)
     daemon_start(&d, NULL);
     ck_assert_int_eq(healthcheck(d.port), 0);
     ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
     ck_assert_int_eq(healthcheck(d.port), 1);
 }
 END_TEST
@@ -597,6 +434,7 @@ START_TEST(metrics_parse_and_count_what_was_sent)
     ck_assert_double_eq(metric(mt.body, "tame_http_request_duration_seconds_count{endpoint=\"samples\"}"), 6);
     free(mt.body);
     ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
 }
 END_TEST
 
@@ -635,6 +473,7 @@ START_TEST(bearer_auth_follows_rfc_6750)
     ck_assert_int_eq(r.status, 200);
     free(r.body);
     ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
     /* The token never reaches the log. */
     FILE *lf = fopen(d.log_path, "r");
     char line[1024];
@@ -679,7 +518,7 @@ static void *feed_until_refused(void *arg)
     return NULL;
 }
 
-START_TEST(sigterm_during_ingest_exits_0_with_every_acknowledged_sample_trained)
+START_TEST(sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -689,6 +528,7 @@ START_TEST(sigterm_during_ingest_exits_0_with_every_acknowledged_sample_trained)
     pthread_create(&th, NULL, feed_until_refused, &f);
     usleep(1500000);
     ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
     f.stop = true;
     pthread_join(th, NULL);
     ck_assert_int_gt(f.acked, 0);
@@ -701,11 +541,21 @@ START_TEST(sigterm_during_ingest_exits_0_with_every_acknowledged_sample_trained)
                       &queued);
     }
     if (lf) fclose(lf);
-    /* Everything the daemon acknowledged was trained; the client saw every
-     * acknowledgement (in-flight requests finish before the daemon stops). */
-    ck_assert_int_eq(trained, acked);
-    ck_assert_int_eq(queued, 0);
+    /* Every acknowledgement reached the client (in-flight requests finish
+     * before the daemon stops); everything acknowledged was trained except
+     * a partial batch, which stays in the log for the samples that complete
+     * it after the restart. */
     ck_assert_int_eq(acked, f.acked);
+    ck_assert_int_eq(trained + queued, acked);
+    ck_assert_int_lt(queued, 32);
+    daemon_restart(&d, NULL);
+    json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+    ck_assert_int_eq((long)jnum(m, "samples_acknowledged"), acked);
+    ck_assert_int_eq((long)jnum(m, "samples_trained"), trained);
+    ck_assert_int_eq((long)jnum(m, "samples_queued"), queued);
+    json_decref(m);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
 }
 END_TEST
 
@@ -729,7 +579,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, healthcheck_mode_reports_liveness);
     tcase_add_test(tc, every_path_of_the_openapi_contract_is_served);
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
-    tcase_add_test(tc, sigterm_during_ingest_exits_0_with_every_acknowledged_sample_trained);
+    tcase_add_test(tc, sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample);
     suite_add_tcase(s, tc);
     int rc = check_run(s);
     unlink(token_path);

@@ -1,0 +1,311 @@
+/* commit.c: the group committer.  One thread owns the store's write
+ * connection.  Requests queue up while it commits; it takes them all, runs
+ * each inside its own savepoint of one BEGIN IMMEDIATE transaction, commits
+ * once, and only then applies them in memory (queue, registry) and wakes
+ * their threads.  So an acknowledgement always follows a commit, concurrent
+ * requests share one commit, and the queue order is the log order. */
+#include "serve_internal.h"
+
+#include "tame/log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* ---- inside the transaction ---- */
+
+static int do_samples(struct serve *s, struct op *op)
+{
+    struct serve_model *m = op->m;
+    const int d = m->p.input_dim;
+    op->pos = m->log_end;
+    op->kept = 0;
+    for (int i = 0; i < op->n; i++) {
+        op->dup[i] = 0;
+        if (op->ids && op->ids[i]) {
+            int fresh = store_id_claim(s->store, m->id, op->ids[i], op->id_lens[i], op->pos + (uint64_t)op->kept);
+            if (fresh < 0) return fresh;
+            op->dup[i] = !fresh;
+        }
+        op->kept += !op->dup[i];
+    }
+    if (op->kept == 0) return 0;
+    const float *x = op->x;
+    const int *y = op->y;
+    float *cx = NULL;
+    int32_t *cy = NULL;
+    if (op->kept < op->n) { /* log only the new ones, contiguous */
+        cx = malloc((size_t)op->kept * d * sizeof(float));
+        cy = malloc((size_t)op->kept * sizeof(int32_t));
+        if (!cx || !cy) {
+            free(cx);
+            free(cy);
+            return TAME_E_NOMEM;
+        }
+        for (int i = 0, k = 0; i < op->n; i++)
+            if (!op->dup[i]) {
+                memcpy(cx + (size_t)k * d, op->x + (size_t)i * d, (size_t)d * sizeof(float));
+                cy[k++] = op->y[i];
+            }
+        x = cx;
+        y = cy;
+    }
+    /* Little-endian float32 and int32: the layout in memory on every target
+     * tamed builds for (x86-64, aarch64). */
+    int rc = store_log_append(s->store, m->id, op->pos, STORE_SAMPLES, (uint32_t)op->kept, x,
+                              (size_t)op->kept * d * sizeof(float), y, (size_t)op->kept * sizeof(int32_t));
+    free(cx);
+    free(cy);
+    if (!rc) m->log_end += (uint64_t)op->kept;
+    return rc;
+}
+
+static int do_op(struct serve *s, struct op *op)
+{
+    struct serve_model *m = op->m;
+    if (m && (m->deleting || m->deleted) && op->kind != OP_CREATE) return TAME_E_NOTFOUND;
+    switch (op->kind) {
+    case OP_SAMPLES: return do_samples(s, op);
+    case OP_MARK: {
+        op->pos = m->log_end;
+        int rc = store_log_append(s->store, m->id, op->pos, op->mark, 1, NULL, 0, NULL, 0);
+        if (!rc) m->log_end++;
+        return rc;
+    }
+    case OP_CREATE: return store_model_create(s->store, m->name, op->blob.data, op->blob.len, &m->id);
+    case OP_DELETE: {
+        int rc = store_model_delete(s->store, m->id);
+        if (!rc) m->deleting = true;
+        return rc;
+    }
+    case OP_CHECKPOINT: {
+        uint64_t ids_from = op->pos > s->cfg.ids_keep ? op->pos - s->cfg.ids_keep : 0;
+        int rc = store_checkpoint_put(s->store, m->id, op->pos, op->blob.data, op->state_len, ids_from);
+        for (size_t i = 0; !rc && i < op->n_ev; i++)
+            rc = store_event_put(s->store, m->id, op->ev_seq0 + i, op->blob.data + op->ev_off[i],
+                                 op->ev_off[i + 1] - op->ev_off[i]);
+        return rc;
+    }
+    }
+    return TAME_E_INVAL;
+}
+
+/* ---- after the commit ---- */
+
+static void apply(struct serve *s, struct op *op)
+{
+    struct serve_model *m = op->m;
+    switch (op->kind) {
+    case OP_SAMPLES:
+    case OP_MARK: {
+        const int d = m->p.input_dim;
+        int n = op->kind == OP_MARK ? 1 : op->n;
+        pthread_mutex_lock(&m->mu);
+        for (int i = 0; i < n; i++) {
+            if (op->kind == OP_SAMPLES && op->dup[i]) continue;
+            int slot = (m->q_head + m->q_len) % m->q_cap;
+            if (op->kind == OP_MARK) {
+                m->qy[slot] = op->mark == STORE_FLUSH ? ITEM_FLUSH : ITEM_SELECTOR;
+                m->q_marks++;
+            } else {
+                memcpy(m->qx + (size_t)slot * d, op->x + (size_t)i * d, (size_t)d * sizeof(float));
+                m->qy[slot] = op->y[i];
+                m->q_samples++;
+                m->acknowledged++;
+            }
+            m->q_len++;
+        }
+        m->q_reserved -= n;
+        if (op->kind == OP_SAMPLES) m->duplicates += (uint64_t)(op->n - op->kept);
+        op->acked = m->acknowledged;
+        bool ready = serve_has_work_locked(m);
+        pthread_mutex_unlock(&m->mu);
+        if (ready) serve_kick(s);
+        break;
+    }
+    case OP_CREATE:
+        pthread_mutex_lock(&s->mu);
+        serve_model_register_locked(s, m);
+        pthread_mutex_unlock(&s->mu);
+        break;
+    case OP_DELETE:
+        pthread_mutex_lock(&s->mu);
+        for (int i = 0; i < s->n_models; i++)
+            if (s->models[i] == m) {
+                s->models[i] = s->models[--s->n_models];
+                break;
+            }
+        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_lock(&m->mu);
+        m->deleted = true;
+        pthread_cond_broadcast(&m->room_cv);
+        pthread_mutex_unlock(&m->mu);
+        serve_put(m); /* the registry's reference */
+        break;
+    case OP_CHECKPOINT:
+        pthread_mutex_lock(&m->mu);
+        m->ckpt_pos = op->pos;
+        m->events_stored = op->ev_seq0 + op->n_ev;
+        m->checkpoints++;
+        pthread_mutex_unlock(&m->mu);
+        break;
+    }
+}
+
+/* Undo what do_op changed in memory when its savepoint or the commit is
+ * rolled back. */
+static void undo(struct op *op, uint64_t log_end)
+{
+    if (op->kind == OP_SAMPLES || op->kind == OP_MARK) op->m->log_end = log_end;
+    if (op->kind == OP_DELETE) op->m->deleting = false;
+}
+
+static void set_degraded(struct serve *s, bool degraded, const char *why)
+{
+    pthread_mutex_lock(&s->commit_mu);
+    bool was = s->stats.degraded;
+    s->stats.degraded = degraded;
+    pthread_mutex_unlock(&s->commit_mu);
+    if (degraded && !was)
+        TAME_LOG(TAME_LOG_ERROR, "database not writable: acknowledging nothing until it is", "error=\"%s\"", why);
+    else if (!degraded && was)
+        TAME_LOG(TAME_LOG_INFO, "database writable again", "%s", "");
+}
+
+static void commit_batch(struct serve *s, struct op *ops)
+{
+    double t0 = now_s();
+    size_t n_ops = 0;
+    for (struct op *op = ops; op; op = op->next) n_ops++;
+    struct op **list = malloc(n_ops * sizeof(*list));
+    uint64_t *ends = malloc(n_ops * sizeof(*ends)); /* each op's model's log_end before it */
+    int rc = list && ends ? store_begin(s->store) : TAME_E_NOMEM;
+    size_t ok_ops = 0, k = 0;
+    for (struct op *op = ops; op; op = op->next, k++) {
+        if (list) list[k] = op;
+        if (rc) {
+            op->rc = rc;
+            continue;
+        }
+        ends[k] = op->m ? op->m->log_end : 0;
+        int r = store_savepoint(s->store);
+        if (!r) r = do_op(s, op);
+        if (!r) r = store_release(s->store);
+        if (r) {
+            store_rollback_to(s->store);
+            if (op->m) undo(op, ends[k]);
+            /* The disk failing fails the transaction, not just this request. */
+            if (r == TAME_E_UNAVAIL || r == TAME_E_NOMEM || r == TAME_E_IO) rc = r;
+        }
+        op->rc = r;
+        ok_ops += !r;
+    }
+    if (!rc) rc = store_commit(s->store);
+    if (rc) {
+        const char *why = store_errmsg(s->store);
+        store_rollback(s->store);
+        /* In reverse, so each model's log_end returns to its value before
+         * the batch. */
+        for (size_t j = list ? n_ops : 0; j-- > 0;) {
+            if (!list[j]->rc && list[j]->m) undo(list[j], ends[j]);
+            if (!list[j]->rc) list[j]->rc = rc;
+        }
+        if (rc == TAME_E_UNAVAIL || rc == TAME_E_IO) set_degraded(s, true, why);
+        ok_ops = 0;
+    } else {
+        set_degraded(s, false, NULL);
+        for (struct op *op = ops; op; op = op->next)
+            if (!op->rc) apply(s, op);
+    }
+    free(list);
+    free(ends);
+    double dt = now_s() - t0;
+    pthread_mutex_lock(&s->commit_mu);
+    if (rc) {
+        s->stats.commit_failures++;
+    } else {
+        s->stats.commits++;
+        s->stats.requests_committed += ok_ops;
+        s->stats.commit_seconds += dt;
+    }
+    for (struct op *op = ops; op; op = op->next) op->done = true;
+    pthread_cond_broadcast(&s->commit_done_cv);
+    pthread_mutex_unlock(&s->commit_mu);
+}
+
+static void *commit_main(void *arg)
+{
+    struct serve *s = arg;
+    pthread_mutex_lock(&s->commit_mu);
+    for (;;) {
+        while (!s->ops_head && !s->commit_stop) {
+            if (!s->stats.degraded) {
+                pthread_cond_wait(&s->commit_cv, &s->commit_mu);
+                continue;
+            }
+            /* Not writable: try again every second, so readiness returns
+             * without waiting for a client to find out. */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            if (pthread_cond_timedwait(&s->commit_cv, &s->commit_mu, &until) == ETIMEDOUT && !s->ops_head) {
+                pthread_mutex_unlock(&s->commit_mu);
+                int rc = store_probe(s->store);
+                if (!rc) set_degraded(s, false, NULL);
+                pthread_mutex_lock(&s->commit_mu);
+            }
+        }
+        if (!s->ops_head) break;
+        struct op *ops = s->ops_head;
+        s->ops_head = s->ops_tail = NULL;
+        pthread_mutex_unlock(&s->commit_mu);
+        commit_batch(s, ops);
+        pthread_mutex_lock(&s->commit_mu);
+    }
+    pthread_mutex_unlock(&s->commit_mu);
+    return NULL;
+}
+
+int serve_commit(struct serve *s, struct op *op)
+{
+    op->done = false;
+    op->next = NULL;
+    pthread_mutex_lock(&s->commit_mu);
+    if (!s->commit_started || s->commit_stop) {
+        pthread_mutex_unlock(&s->commit_mu);
+        return op->rc = TAME_E_UNAVAIL;
+    }
+    if (s->ops_tail) s->ops_tail->next = op;
+    else s->ops_head = op;
+    s->ops_tail = op;
+    pthread_cond_signal(&s->commit_cv);
+    while (!op->done) pthread_cond_wait(&s->commit_done_cv, &s->commit_mu);
+    pthread_mutex_unlock(&s->commit_mu);
+    return op->rc;
+}
+
+int serve_commit_start(struct serve *s)
+{
+    if (pthread_create(&s->commit_thread, NULL, commit_main, s) != 0) return TAME_E_NOMEM;
+    s->commit_started = true;
+    return 0;
+}
+
+void serve_commit_stop(struct serve *s)
+{
+    if (!s->commit_started) return;
+    pthread_mutex_lock(&s->commit_mu);
+    s->commit_stop = true;
+    pthread_cond_broadcast(&s->commit_cv);
+    pthread_mutex_unlock(&s->commit_mu);
+    pthread_join(s->commit_thread, NULL);
+    s->commit_started = false;
+}
