@@ -528,7 +528,6 @@ START_TEST(sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample)
     pthread_create(&th, NULL, feed_until_refused, &f);
     usleep(1500000);
     ck_assert_int_eq(daemon_stop(&d), 0);
-    daemon_remove(&d);
     f.stop = true;
     pthread_join(th, NULL);
     ck_assert_int_gt(f.acked, 0);
