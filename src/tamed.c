@@ -283,6 +283,7 @@ int main(int argc, char **argv)
     scfg.checkpoint_batches = (uint64_t)st.checkpoint_batches;
     scfg.checkpoint_seconds = (double)st.checkpoint_seconds;
     scfg.ids_keep = (uint64_t)st.ids_keep;
+    scfg.synchronous = so.sync == STORE_SYNC_FULL ? 2 : 1;
     struct serve *sv;
     int svrc = serve_new(&scfg, &sv, why, sizeof(why));
     if (svrc < 0) {

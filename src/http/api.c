@@ -708,6 +708,8 @@ static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
         {"tame_statistic", "gauge", "Smoothed loss S_all of the active expert."},
         {"tame_threshold", "gauge", "Threshold of the active expert."},
         {"tame_selector_buffer_fill", "gauge", "Samples in the selector buffer."},
+        {"tame_samples_duplicate_total", "counter", "Samples acknowledged as duplicates of a known id (since start)."},
+        {"tame_checkpoint_position", "gauge", "Log items covered by the model's last checkpoint."},
     };
     enum { N_G = sizeof(gauges) / sizeof(gauges[0]) };
     char **names;
@@ -728,7 +730,8 @@ static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
                            (double)cn.by_kind[TAME_EV_REUSE], (double)cn.by_kind[TAME_EV_SPAWN],
                            (double)cn.by_kind[TAME_EV_SELECTOR], (double)cn.queued,
                            (double)(v->info.nonfinite_batches + v->info.nonfinite_updates), a ? a->loss : NAN,
-                           a ? a->s_all : NAN, a ? a->threshold : NAN, v->info.selector_fill};
+                           a ? a->s_all : NAN, a ? a->threshold : NAN, v->info.selector_fill,
+                           (double)cn.duplicates, (double)cn.checkpoint_pos};
         memcpy(vals[shown], row, sizeof(row));
         snprintf(shown_names[shown], sizeof(shown_names[shown]), "%s", names[i]);
         shown++;
@@ -744,6 +747,30 @@ static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
             tame_wbuf_printf(&t, "%s{model=\"%s\"} %.17g\n", gauges[g][0], shown_names[i], vals[i][g]);
         }
     }
+    struct serve_store_stats ss;
+    serve_store_stats(h->serve, &ss);
+    const struct {
+        const char *name, *type, *help;
+        double v;
+    } store_rows[] = {
+        {"tame_store_commits_total", "counter", "Transactions committed (each may hold many requests).", (double)ss.commits},
+        {"tame_store_commit_failures_total", "counter", "Transactions that failed: nothing in them was acknowledged.",
+         (double)ss.commit_failures},
+        {"tame_store_requests_committed_total", "counter", "Requests made durable.", (double)ss.requests_committed},
+        {"tame_store_commit_seconds_total", "counter", "Time spent in committed transactions.", ss.commit_seconds},
+        {"tame_checkpoints_total", "counter", "Checkpoints written.", (double)ss.checkpoints},
+        {"tame_checkpoint_bytes_total", "counter", "Bytes of learner state checkpointed.", (double)ss.checkpoint_bytes},
+        {"tame_checkpoint_seconds_total", "counter", "Time spent checkpointing (serialise and commit).",
+         ss.checkpoint_seconds},
+        {"tame_store_writable", "gauge", "1 when the database accepts writes, 0 while every write fails.",
+         ss.degraded ? 0 : 1},
+        {"tame_store_synchronous", "gauge", "SQLite synchronous level in force: 1 NORMAL, 2 FULL (journal mode is WAL).",
+         ss.synchronous},
+        {"tame_models_replaying", "gauge", "Models still replaying their log after a start.", ss.replaying},
+    };
+    for (size_t i = 0; i < sizeof(store_rows) / sizeof(store_rows[0]); i++)
+        tame_wbuf_printf(&t, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", store_rows[i].name, store_rows[i].help,
+                         store_rows[i].name, store_rows[i].type, store_rows[i].name, store_rows[i].v);
     if (t.err) {
         tame_wbuf_done(&t);
         return http_send_error(c, 503, "NOMEM", "out of memory");

@@ -258,7 +258,7 @@ static void *commit_main(void *arg)
             until.tv_sec += 1;
             if (pthread_cond_timedwait(&s->commit_cv, &s->commit_mu, &until) == ETIMEDOUT && !s->ops_head) {
                 pthread_mutex_unlock(&s->commit_mu);
-                int rc = store_probe(s->store);
+                int rc = store_writable(s->store) ? store_probe(s->store) : store_reopen(s->store);
                 if (!rc) set_degraded(s, false, NULL);
                 pthread_mutex_lock(&s->commit_mu);
             }
@@ -294,6 +294,11 @@ int serve_commit(struct serve *s, struct op *op)
 
 int serve_commit_start(struct serve *s)
 {
+    if (!store_writable(s->store)) {
+        s->stats.degraded = true;
+        TAME_LOG(TAME_LOG_ERROR, "database is read-only: serving predictions, refusing samples until it is writable",
+                 "db=%s", s->cfg.db_path);
+    }
     if (pthread_create(&s->commit_thread, NULL, commit_main, s) != 0) return TAME_E_NOMEM;
     s->commit_started = true;
     return 0;

@@ -384,6 +384,8 @@ void serve_store_stats(struct serve *s, struct serve_store_stats *st)
     pthread_mutex_lock(&s->commit_mu);
     *st = s->stats;
     pthread_mutex_unlock(&s->commit_mu);
+    st->replaying = atomic_load(&s->replaying);
+    st->synchronous = s->cfg.synchronous;
 }
 
 /* ---- selector thread ---- */

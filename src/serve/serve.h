@@ -35,6 +35,7 @@ struct serve_config {
     uint64_t checkpoint_batches; /* checkpoint a model after this many batches... */
     double checkpoint_seconds; /* ...or this long after its last one, if it changed */
     uint64_t ids_keep;         /* remember sample ids of at least this many last items */
+    int synchronous;           /* SQLite's synchronous level in force (1 NORMAL, 2 FULL), for metrics */
 };
 
 struct serve;
@@ -112,6 +113,8 @@ struct serve_store_stats {
     uint64_t checkpoints, checkpoint_bytes;
     double checkpoint_seconds;
     bool degraded;             /* the last write failed */
+    int replaying;             /* models still replaying their log */
+    int synchronous;
 };
 void serve_store_stats(struct serve *s, struct serve_store_stats *st);
 

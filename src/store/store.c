@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define APPLICATION_ID 0x54414d45 /* "TAME" */
 
@@ -91,9 +92,15 @@ static const char *const migration[STORE_SCHEMA_VERSION] = {
 
 struct store {
     sqlite3 *db;
-    bool readonly;
+    bool readonly;       /* opened for reading */
+    bool file_readonly;  /* opened for writing, but the file is read-only */
+    char *path;
+    struct store_options opts;
     sqlite3_stmt *st[N_STMT];
 };
+
+static int open_db(const char *path, const struct store_options *o, bool verify, struct store **ret, char *why,
+                   size_t why_len);
 
 /* The one translation of SQLite's result codes. */
 static int store_code(int rc)
@@ -120,10 +127,11 @@ static int store_code(int rc)
     }
 }
 
-const char *store_errmsg(const struct store *st) { return st && st->db ? sqlite3_errmsg(st->db) : "no database"; }
+const char *store_errmsg(const struct store *st) { return st && st->db ? sqlite3_errmsg(st->db) : "database closed"; }
 
 static sqlite3_stmt *stmt(struct store *st, enum stmt k)
 {
+    if (!st->db) return NULL;
     if (!st->st[k] && sqlite3_prepare_v3(st->db, stmt_sql[k], -1, SQLITE_PREPARE_PERSISTENT, &st->st[k], NULL) !=
                           SQLITE_OK)
         return NULL;
@@ -135,6 +143,7 @@ static sqlite3_stmt *stmt(struct store *st, enum stmt k)
 /* Run a statement that returns no rows. */
 static int run(struct store *st, sqlite3_stmt *s)
 {
+    if (!st->db) return TAME_E_UNAVAIL;
     if (!s) return store_code(sqlite3_errcode(st->db)) ? store_code(sqlite3_errcode(st->db)) : TAME_E_IO;
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
@@ -186,9 +195,21 @@ static int schema_step(struct store *st, int to)
 
 int store_open(const char *path, const struct store_options *o, struct store **ret, char *why, size_t why_len)
 {
+    return open_db(path, o, true, ret, why, why_len);
+}
+
+static int open_db(const char *path, const struct store_options *o, bool verify, struct store **ret, char *why,
+                   size_t why_len)
+{
     struct store *st = calloc(1, sizeof(*st));
     if (!st) return TAME_E_NOMEM;
     st->readonly = o->readonly;
+    st->opts = *o;
+    st->path = strdup(path);
+    if (!st->path) {
+        free(st);
+        return TAME_E_NOMEM;
+    }
     int flags = o->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     int rc = store_code(sqlite3_open_v2(path, &st->db, flags | SQLITE_OPEN_NOMUTEX, NULL));
     if (rc) {
@@ -232,9 +253,23 @@ int store_open(const char *path, const struct store_options *o, struct store **r
         *ret = st;
         return 0;
     }
-    if (tables > 0) {
+    if (tables > 0 && verify) {
         rc = store_verify(st, why, why_len);
         if (rc) goto fail;
+    }
+    /* A file we may not write (permissions, a read-only mount) is served
+     * for reading: predictions work, writes fail with TAME_E_UNAVAIL until
+     * store_reopen finds it writable. */
+    if (sqlite3_db_readonly(st->db, "main") == 1) {
+        if (version < STORE_SCHEMA_VERSION) {
+            snprintf(why, why_len, "%s is read-only and has schema version %lld; it must be writable once to migrate",
+                     path, (long long)version);
+            rc = TAME_E_UNAVAIL;
+            goto fail;
+        }
+        st->file_readonly = true;
+        *ret = st;
+        return 0;
     }
     rc = exec(st, "PRAGMA journal_mode = WAL");
     if (!rc) rc = exec(st, o->sync == STORE_SYNC_FULL ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
@@ -258,16 +293,50 @@ int store_open(const char *path, const struct store_options *o, struct store **r
     return 0;
 fail:
     sqlite3_close_v2(st->db);
+    free(st->path);
     free(st);
     return rc ? rc : TAME_E_IO;
+}
+
+bool store_writable(const struct store *st) { return st->db && !st->readonly && !st->file_readonly; }
+
+int store_reopen(struct store *st)
+{
+    /* Close first: SQLite shares one WAL index per file within a process,
+     * and the read-only connection's would make the new one read-only too. */
+    for (int k = 0; k < N_STMT; k++) sqlite3_finalize(st->st[k]), st->st[k] = NULL;
+    sqlite3_close_v2(st->db);
+    st->db = NULL;
+    /* SQLite creates the -wal and -shm with the database file's mode; made
+     * while it was read-only, they would keep it read-only after it is
+     * writable again.  Give them its mode now (they are ours). */
+    struct stat db;
+    if (stat(st->path, &db) == 0) {
+        for (int k = 0; k < 2; k++) {
+            char side[4096];
+            struct stat sb;
+            snprintf(side, sizeof(side), "%s%s", st->path, k ? "-shm" : "-wal");
+            if (stat(side, &sb) == 0 && (sb.st_mode & 0777) != (db.st_mode & 0777)) chmod(side, db.st_mode & 0777);
+        }
+    }
+    struct store *fresh;
+    char why[256];
+    int rc = open_db(st->path, &st->opts, false, &fresh, why, sizeof(why));
+    if (rc) return rc; /* no connection until a later attempt succeeds */
+    st->db = fresh->db;
+    st->file_readonly = fresh->file_readonly;
+    free(fresh->path);
+    free(fresh);
+    return store_writable(st) ? 0 : TAME_E_UNAVAIL;
 }
 
 void store_close(struct store *st)
 {
     if (!st) return;
     for (int k = 0; k < N_STMT; k++) sqlite3_finalize(st->st[k]);
-    if (!st->readonly) sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    if (store_writable(st)) sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
     sqlite3_close_v2(st->db);
+    free(st->path);
     free(st);
 }
 
@@ -340,6 +409,7 @@ int store_commit(struct store *st) { return run(st, stmt(st, S_COMMIT)); }
 
 void store_rollback(struct store *st)
 {
+    if (!st->db) return;
     /* After FULL, IOERR, BUSY or NOMEM SQLite may already have rolled back. */
     if (!sqlite3_get_autocommit(st->db)) run(st, stmt(st, S_ROLLBACK));
 }
@@ -349,6 +419,7 @@ int store_release(struct store *st) { return run(st, stmt(st, S_RELEASE)); }
 
 void store_rollback_to(struct store *st)
 {
+    if (!st->db) return;
     if (sqlite3_get_autocommit(st->db)) return;
     run(st, stmt(st, S_ROLLBACK_TO));
     run(st, stmt(st, S_RELEASE));
@@ -571,6 +642,7 @@ int store_probe(struct store *st)
 int64_t store_wal_pages(const struct store *st)
 {
     int log = 0, ckpt = 0;
+    if (!st->db) return -1;
     if (sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &ckpt) != SQLITE_OK) return -1;
     return log;
 }

@@ -40,6 +40,12 @@ struct store_options {
  * to a database that fails these checks.  On failure *why explains. */
 int store_open(const char *path, const struct store_options *o, struct store **ret, char *why,
                size_t why_len);
+/* False when the file could only be opened for reading (permissions, a
+ * read-only mount): every write then fails with TAME_E_UNAVAIL. */
+bool store_writable(const struct store *st);
+/* Open the file again; TAME_E_UNAVAIL unless it is writable now, in which
+ * case st continues on the new connection. */
+int store_reopen(struct store *st);
 /* Close; on a writer, first fold the WAL into the database (TRUNCATE). */
 void store_close(struct store *st);
 const char *store_errmsg(const struct store *st);

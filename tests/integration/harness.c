@@ -24,14 +24,27 @@ static int spawn_daemon(struct daemon *d, const char *const *extra, bool must_li
     int argc = 7;
     for (int i = 0; extra && extra[i] && argc < 46; i++) argv[argc++] = extra[i];
     argv[argc] = NULL;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, d->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawnattr_t at;
-    posix_spawnattr_init(&at);
-    ck_assert_int_eq(posix_spawn(&d->pid, tamed_bin, &fa, &at, (char *const *)argv, environ), 0);
-    posix_spawnattr_destroy(&at);
-    posix_spawn_file_actions_destroy(&fa);
+    if (d->uid) {
+        /* As another user: fork, drop to it, exec. */
+        int fd = open(d->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fchown(fd, d->uid, d->uid), 0);
+        d->pid = fork();
+        ck_assert_int_ge(d->pid, 0);
+        if (d->pid == 0) {
+            dup2(fd, 2);
+            if (setgid(d->uid) != 0 || setuid(d->uid) != 0) _exit(126);
+            execve(tamed_bin, (char *const *)argv, environ);
+            _exit(127);
+        }
+        close(fd);
+    } else {
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addopen(&fa, 2, d->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ck_assert_int_eq(posix_spawn(&d->pid, tamed_bin, &fa, NULL, (char *const *)argv, environ), 0);
+        posix_spawn_file_actions_destroy(&fa);
+    }
     d->port = 0;
     for (int tries = 0; tries < 1500 && !d->port; tries++) {
         usleep(10000);
@@ -53,11 +66,18 @@ static int spawn_daemon(struct daemon *d, const char *const *extra, bool must_li
     return d->port;
 }
 
-void daemon_start(struct daemon *d, const char *const *extra)
+void daemon_start(struct daemon *d, const char *const *extra) { daemon_start_as(d, extra, 0); }
+
+void daemon_start_as(struct daemon *d, const char *const *extra, uid_t uid)
 {
     memset(d, 0, sizeof(*d));
+    d->uid = uid;
     snprintf(d->dir, sizeof(d->dir), "/tmp/tamed-test-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(d->dir));
+    if (uid) {
+        ck_assert_int_eq(chown(d->dir, uid, uid), 0);
+        ck_assert_int_eq(chmod(d->dir, 0755), 0);
+    }
     snprintf(d->db, sizeof(d->db), "%s/tamed.db", d->dir);
     spawn_daemon(d, extra, true);
 }

@@ -19,6 +19,7 @@ struct daemon {
     int port;
     int starts;
     int exit_status;      /* of a start that failed (daemon_try_start) */
+    uid_t uid;            /* run as this user (0: as the test) */
     char dir[128];        /* temporary directory: database and logs */
     char db[192];
     char log_path[192];   /* stderr of the latest start */
@@ -26,6 +27,8 @@ struct daemon {
 
 /* A fresh directory and database; extra: more flags, NULL-terminated. */
 void daemon_start(struct daemon *d, const char *const *extra);
+/* The same, as user uid (the test must be root to switch). */
+void daemon_start_as(struct daemon *d, const char *const *extra, uid_t uid);
 /* Start again on the same database. */
 void daemon_restart(struct daemon *d, const char *const *extra);
 /* Like daemon_restart, but a daemon that exits instead of listening is not

@@ -627,6 +627,87 @@ START_TEST(a_backup_taken_while_ingesting_starts_a_daemon)
 }
 END_TEST
 
+START_TEST(a_read_only_database_serves_predictions_and_refuses_samples_until_writable)
+{
+    /* File permissions bind only an unprivileged user: as root, tamed runs
+     * as nobody. */
+    uid_t uid = geteuid() == 0 ? 65534 : 0;
+    struct daemon d;
+    daemon_start_as(&d, NULL, uid);
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct tame_rng r;
+    tame_rng_seed(&r, 6);
+    for (int i = 0; i < 8; i++) {
+        char *body = id_body(&r, 0, 32, "r", i * 32L);
+        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
+        free(body);
+    }
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    ck_assert_int_eq(chmod(d.db, 0444), 0);
+    daemon_restart(&d, NULL);
+    struct reply rz = call(d.port, "GET", "/readyz", NULL);
+    ck_assert_int_eq(rz.status, 503);
+    ck_assert_ptr_nonnull(strstr(rz.body, "not writable"));
+    free(rz.body);
+    const char *probe = "{\"x\":[[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}";
+    json_decref(call_json(d.port, "POST", "/v1/models/m/predict", probe, 200));
+    char *body = id_body(&r, 0, 32, "r", 1000);
+    struct reply a = call(d.port, "POST", "/v1/models/m/samples", body);
+    ck_assert_int_eq(a.status, 503);
+    ck_assert_ptr_nonnull(strstr(a.body, "UNAVAILABLE"));
+    free(a.body);
+    struct reply mt = call(d.port, "GET", "/metrics", NULL);
+    ck_assert_ptr_nonnull(strstr(mt.body, "\ntame_store_writable 0\n"));
+    free(mt.body);
+    json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+    ck_assert_int_eq((int)jnum(m, "samples_acknowledged"), 8 * 32);
+    json_decref(m);
+    /* Writable again: ingestion returns by itself. */
+    ck_assert_int_eq(chmod(d.db, 0644), 0);
+    long status = 0;
+    for (int i = 0; i < 100 && status != 200; i++) {
+        usleep(100000);
+        struct reply x = call(d.port, "GET", "/readyz", NULL);
+        status = x.status;
+        free(x.body);
+    }
+    ck_assert_int_eq(status, 200);
+    json_t *ok = call_json(d.port, "POST", "/v1/models/m/samples", body, 200);
+    ck_assert_int_eq((int)jnum(ok, "accepted"), 32);
+    json_decref(ok);
+    free(body);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    ck_assert(integrity_ok(d.db));
+    daemon_remove(&d);
+}
+END_TEST
+
+START_TEST(the_durability_level_is_in_force_and_reported)
+{
+    const char *full[] = {"--durability", "full", NULL};
+    struct daemon d;
+    daemon_start(&d, full);
+    struct reply mt = call(d.port, "GET", "/metrics", NULL);
+    ck_assert_ptr_nonnull(strstr(mt.body, "\ntame_store_synchronous 2\n"));
+    free(mt.body);
+    sqlite3 *h;
+    ck_assert_int_eq(sqlite3_open_v2(d.db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *s;
+    ck_assert_int_eq(sqlite3_prepare_v2(h, "PRAGMA journal_mode", -1, &s, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+    ck_assert_str_eq((const char *)sqlite3_column_text(s, 0), "wal");
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_restart(&d, NULL);
+    mt = call(d.port, "GET", "/metrics", NULL);
+    ck_assert_ptr_nonnull(strstr(mt.body, "\ntame_store_synchronous 1\n"));
+    free(mt.body);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 static Suite *durability_suite(void)
 {
     Suite *s = suite_create("durability");
@@ -639,6 +720,8 @@ static Suite *durability_suite(void)
     tcase_add_test(tc, a_flipped_byte_in_a_checkpoint_is_refused_and_left_untouched);
     tcase_add_test(tc, a_newer_database_is_refused_and_an_older_one_migrated);
     tcase_add_test(tc, a_backup_taken_while_ingesting_starts_a_daemon);
+    tcase_add_test(tc, a_read_only_database_serves_predictions_and_refuses_samples_until_writable);
+    tcase_add_test(tc, the_durability_level_is_in_force_and_reported);
     suite_add_tcase(s, tc);
     return s;
 }
