@@ -269,7 +269,8 @@ int main(int argc, char **argv)
     char why[512] = "";
     struct store_options so = {.sync = strcmp(st.durability, "full") ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
                                .busy_ms = 5000,
-                               .max_pages = st.db_max_mb * (1024 * 1024 / 4096)};
+                               .manual_wal = true, /* serve folds it on a thread of its own */
+                               .max_bytes = st.db_max_mb * (1024 * 1024)};
     double t_open = tame_now_s();
     struct store *store;
     int src = store_open(st.db, &so, &store, why, sizeof(why));

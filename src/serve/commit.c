@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_s(void)
 {
@@ -238,7 +239,48 @@ static void commit_batch(struct serve *s, struct op *ops)
     }
     for (struct op *op = ops; op; op = op->next) op->done = true;
     pthread_cond_broadcast(&s->commit_done_cv);
+    if (!rc) {
+        s->fold_due = true;
+        pthread_cond_signal(&s->fold_cv);
+    }
     pthread_mutex_unlock(&s->commit_mu);
+}
+
+/* ---- folding the WAL back, beside the committer ---- */
+
+#define FOLD_RESTART_FRAMES 1024 /* 64 MiB of 64 KiB pages: start the WAL over */
+
+static void *fold_main(void *arg)
+{
+    struct serve *s = arg;
+    struct store *st = NULL;
+    struct store_options o = {.no_verify = true, .manual_wal = true, .busy_ms = 100};
+    pthread_mutex_lock(&s->commit_mu);
+    while (!s->commit_stop) {
+        if (!s->fold_due) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            pthread_cond_timedwait(&s->fold_cv, &s->commit_mu, &until);
+            continue;
+        }
+        s->fold_due = false;
+        pthread_mutex_unlock(&s->commit_mu);
+        char why[256];
+        if (!st && store_open(s->cfg.db_path, &o, &st, why, sizeof(why)) != 0) st = NULL;
+        if (st && !store_writable(st)) { /* opened while read-only: try again later */
+            store_close(st);
+            st = NULL;
+        }
+        int frames = 0, folded = 0;
+        if (st && store_wal_fold(st, false, &frames, &folded) == 0 && frames >= FOLD_RESTART_FRAMES)
+            store_wal_fold(st, true, &frames, &folded);
+        usleep(20000); /* at most 50 folds a second */
+        pthread_mutex_lock(&s->commit_mu);
+    }
+    pthread_mutex_unlock(&s->commit_mu);
+    if (st) store_close(st);
+    return NULL;
 }
 
 static void *commit_main(void *arg)
@@ -301,6 +343,7 @@ int serve_commit_start(struct serve *s)
     }
     if (pthread_create(&s->commit_thread, NULL, commit_main, s) != 0) return TAME_E_NOMEM;
     s->commit_started = true;
+    if (pthread_create(&s->fold_thread, NULL, fold_main, s) == 0) s->fold_started = true;
     return 0;
 }
 
@@ -313,4 +356,6 @@ void serve_commit_stop(struct serve *s)
     pthread_mutex_unlock(&s->commit_mu);
     pthread_join(s->commit_thread, NULL);
     s->commit_started = false;
+    if (s->fold_started) pthread_cond_broadcast(&s->fold_cv), pthread_join(s->fold_thread, NULL);
+    s->fold_started = false;
 }

@@ -678,6 +678,7 @@ int serve_new(const struct serve_config *cfg, struct serve **ret, char *why, siz
     pthread_cond_init(&s->sel_cv, NULL);
     pthread_cond_init(&s->commit_cv, NULL);
     pthread_cond_init(&s->commit_done_cv, NULL);
+    pthread_cond_init(&s->fold_cv, NULL);
     atomic_init(&s->replaying, 0);
     atomic_init(&s->load_stop, false);
     s->workers = calloc((size_t)cfg->workers, sizeof(pthread_t));
@@ -752,5 +753,6 @@ void serve_free(struct serve *s)
     pthread_cond_destroy(&s->sel_cv);
     pthread_cond_destroy(&s->commit_cv);
     pthread_cond_destroy(&s->commit_done_cv);
+    pthread_cond_destroy(&s->fold_cv);
     free(s);
 }

@@ -122,6 +122,10 @@ struct serve {
     pthread_cond_t commit_cv, commit_done_cv;
     struct op *ops_head, *ops_tail;
     struct serve_store_stats stats;
+    /* WAL folding (guarded by commit_mu) */
+    pthread_t fold_thread;
+    bool fold_started, fold_due;
+    pthread_cond_t fold_cv;
     /* replay */
     pthread_t load_thread;
     bool load_started;

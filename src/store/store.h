@@ -31,7 +31,9 @@ struct store_options {
     enum store_sync sync;
     bool readonly;      /* open for reading only (verification, backup source) */
     int busy_ms;        /* wait this long for a lock before TAME_E_UNAVAIL */
-    int64_t max_pages;  /* cap on the database size in pages; 0 = none */
+    int64_t max_bytes;  /* cap on the database size; 0 = none */
+    bool no_verify;     /* a second connection to a database already verified */
+    bool manual_wal;    /* no automatic WAL checkpoints: store_wal_fold runs them */
 };
 
 /* Open (creating if absent), refuse a file that is not a tamed database or is
@@ -121,7 +123,10 @@ int store_probe(struct store *st);
  * backup API while a daemon may be writing it. */
 int store_backup(const char *src, const char *dst, char *why, size_t why_len);
 
-/* Page counts, for metrics. */
-int64_t store_wal_pages(const struct store *st);
+/* Fold committed WAL frames back into the database (a PASSIVE checkpoint,
+ * or RESTART, which also waits for readers so the WAL starts over), on a
+ * connection of its own so commits never wait for it.  *ret_frames: frames
+ * in the WAL; *ret_folded: of those, now in the database. */
+int store_wal_fold(struct store *st, bool restart, int *ret_frames, int *ret_folded);
 
 #endif
