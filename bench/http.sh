@@ -9,10 +9,11 @@ build=${1:-build}
 epochs=${2:-1}
 out=bench/out
 mkdir -p "$out"
-"$build/tamed" --listen 127.0.0.1:18181 --workers 1 --step-threads 1 --http-threads 2 \
+db=$(mktemp -d)
+"$build/tamed" --listen 127.0.0.1:18181 --db "$db/tamed.db" --workers 1 --step-threads 1 --http-threads 2 \
   > "$out/tamed-bench.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null' EXIT
+trap 'kill $pid 2>/dev/null; rm -rf "$db"' EXIT
 sleep 0.5
 "$build/tame-eval" --quiet --epochs "$epochs" --json "$out/ingest-http.json" \
   --url http://127.0.0.1:18181 > /dev/null

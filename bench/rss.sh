@@ -5,9 +5,10 @@
 set -eu
 build=${1:-build}
 mkdir -p bench/out
-"$build/tamed" --listen 127.0.0.1:18182 --workers 1 --step-threads 2 > bench/out/tamed-rss.log 2>&1 &
+db=$(mktemp -d)
+"$build/tamed" --listen 127.0.0.1:18182 --db "$db/tamed.db" --workers 1 --step-threads 2 > bench/out/tamed-rss.log 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null' EXIT
+trap 'kill $pid 2>/dev/null; rm -rf "$db"' EXIT
 sleep 0.5
 "$build/tame-eval" --quiet --stream permuted --tasks 20 --epochs 1 --json bench/out/rss-run.json \
   --url http://127.0.0.1:18182 > /dev/null

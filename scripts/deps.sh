@@ -5,7 +5,7 @@ set -eu
 packages="gcc libc6-dev pkg-config meson ninja-build
   libopenblas-dev libopenblas-pthread-dev zlib1g-dev libjansson-dev check
   libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev
-  valgrind dataset-fashion-mnist"
+  valgrind dataset-fashion-mnist curl wrk"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

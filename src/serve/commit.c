@@ -1,9 +1,12 @@
-/* commit.c: the group committer.  One thread owns the store's write
- * connection.  Requests queue up while it commits; it takes them all, runs
- * each inside its own savepoint of one BEGIN IMMEDIATE transaction, commits
- * once, and only then applies them in memory (queue, registry) and wakes
- * their threads.  So an acknowledgement always follows a commit, concurrent
- * requests share one commit, and the queue order is the log order. */
+/* commit.c: group commit.  One thread at a time, the leader, owns the
+ * store's write connection.  Requests queue up while it commits; it takes
+ * them all, runs each inside its own savepoint of one BEGIN IMMEDIATE
+ * transaction, commits once, and only then applies them in memory (queue,
+ * registry) and wakes their threads.  So an acknowledgement always follows a
+ * commit, concurrent requests share one commit, and the queue order is the
+ * log order.  Beside it: a prober that notices when a failed database is
+ * writable again, and a thread that folds the WAL back into the database so
+ * commits never do. */
 #include "serve_internal.h"
 
 #include "tame/log.h"
@@ -283,39 +286,35 @@ static void *fold_main(void *arg)
     return NULL;
 }
 
-static void *commit_main(void *arg)
+/* The prober: while the database is not writable, try a one-row write
+ * (or reopen a read-only file) every second, as a leader, so readiness
+ * returns without waiting for a client to find out. */
+static void *probe_main(void *arg)
 {
     struct serve *s = arg;
     pthread_mutex_lock(&s->commit_mu);
-    for (;;) {
-        while (!s->ops_head && !s->commit_stop) {
-            if (!s->stats.degraded) {
-                pthread_cond_wait(&s->commit_cv, &s->commit_mu);
-                continue;
-            }
-            /* Not writable: try again every second, so readiness returns
-             * without waiting for a client to find out. */
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
-            if (pthread_cond_timedwait(&s->commit_cv, &s->commit_mu, &until) == ETIMEDOUT && !s->ops_head) {
-                pthread_mutex_unlock(&s->commit_mu);
-                int rc = store_writable(s->store) ? store_probe(s->store) : store_reopen(s->store);
-                if (!rc) set_degraded(s, false, NULL);
-                pthread_mutex_lock(&s->commit_mu);
-            }
-        }
-        if (!s->ops_head) break;
-        struct op *ops = s->ops_head;
-        s->ops_head = s->ops_tail = NULL;
+    while (!s->commit_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&s->commit_cv, &s->commit_mu, &until);
+        if (s->commit_stop || !s->stats.degraded || s->leader || s->ops_head) continue;
+        s->leader = true;
         pthread_mutex_unlock(&s->commit_mu);
-        commit_batch(s, ops);
+        int rc = store_writable(s->store) ? store_probe(s->store) : store_reopen(s->store);
+        if (!rc) set_degraded(s, false, NULL);
         pthread_mutex_lock(&s->commit_mu);
+        s->leader = false;
+        pthread_cond_broadcast(&s->commit_done_cv);
     }
     pthread_mutex_unlock(&s->commit_mu);
     return NULL;
 }
 
+/* Leader/follower group commit: the first request to find no leader
+ * commits everything queued (its own and what arrives meanwhile), the
+ * others wait for it; no hand-off to another thread on the way to the
+ * acknowledgement. */
 int serve_commit(struct serve *s, struct op *op)
 {
     op->done = false;
@@ -328,8 +327,22 @@ int serve_commit(struct serve *s, struct op *op)
     if (s->ops_tail) s->ops_tail->next = op;
     else s->ops_head = op;
     s->ops_tail = op;
-    pthread_cond_signal(&s->commit_cv);
-    while (!op->done) pthread_cond_wait(&s->commit_done_cv, &s->commit_mu);
+    while (!op->done) {
+        if (s->leader) {
+            pthread_cond_wait(&s->commit_done_cv, &s->commit_mu);
+            continue;
+        }
+        s->leader = true;
+        while (s->ops_head) {
+            struct op *ops = s->ops_head;
+            s->ops_head = s->ops_tail = NULL;
+            pthread_mutex_unlock(&s->commit_mu);
+            commit_batch(s, ops); /* marks them done */
+            pthread_mutex_lock(&s->commit_mu);
+        }
+        s->leader = false;
+        pthread_cond_broadcast(&s->commit_done_cv);
+    }
     pthread_mutex_unlock(&s->commit_mu);
     return op->rc;
 }
@@ -341,7 +354,7 @@ int serve_commit_start(struct serve *s)
         TAME_LOG(TAME_LOG_ERROR, "database is read-only: serving predictions, refusing samples until it is writable",
                  "db=%s", s->cfg.db_path);
     }
-    if (pthread_create(&s->commit_thread, NULL, commit_main, s) != 0) return TAME_E_NOMEM;
+    if (pthread_create(&s->commit_thread, NULL, probe_main, s) != 0) return TAME_E_NOMEM;
     s->commit_started = true;
     if (pthread_create(&s->fold_thread, NULL, fold_main, s) == 0) s->fold_started = true;
     return 0;
@@ -353,6 +366,7 @@ void serve_commit_stop(struct serve *s)
     pthread_mutex_lock(&s->commit_mu);
     s->commit_stop = true;
     pthread_cond_broadcast(&s->commit_cv);
+    while (s->leader) pthread_cond_wait(&s->commit_done_cv, &s->commit_mu);
     pthread_mutex_unlock(&s->commit_mu);
     pthread_join(s->commit_thread, NULL);
     s->commit_started = false;

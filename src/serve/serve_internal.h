@@ -116,7 +116,8 @@ struct serve {
     pthread_cond_t sel_cv;
     struct serve_job *sel_head, *sel_tail;
     /* committer (guarded by commit_mu) */
-    pthread_t commit_thread;
+    pthread_t commit_thread; /* the prober */
+    bool leader;             /* a thread is committing (it owns the write connection) */
     bool commit_started, commit_stop;
     pthread_mutex_t commit_mu;
     pthread_cond_t commit_cv, commit_done_cv;
