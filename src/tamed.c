@@ -285,6 +285,9 @@ int main(int argc, char **argv)
     scfg.checkpoint_seconds = (double)st.checkpoint_seconds;
     scfg.ids_keep = (uint64_t)st.ids_keep;
     scfg.synchronous = so.sync == STORE_SYNC_FULL ? 2 : 1;
+    /* Fault injection for the durability tests only; not a setting. */
+    const char *stall = getenv("TAMED_TEST_CHECKPOINT_PAUSE_MS");
+    scfg.test_checkpoint_pause_ms = stall ? atoi(stall) : 0;
     struct serve *sv;
     int svrc = serve_new(&scfg, &sv, why, sizeof(why));
     if (svrc < 0) {

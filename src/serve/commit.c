@@ -96,6 +96,13 @@ static int do_op(struct serve *s, struct op *op)
         for (size_t i = 0; !rc && i < op->n_ev; i++)
             rc = store_event_put(s->store, m->id, op->ev_seq0 + i, op->blob.data + op->ev_off[i],
                                  op->ev_off[i + 1] - op->ev_off[i]);
+        if (!rc && s->cfg.test_checkpoint_pause_ms > 0) {
+            /* Fault injection for the tests: a kill now lands inside the
+             * transaction, after the new state is written, before COMMIT. */
+            TAME_LOG(TAME_LOG_WARN, "checkpoint paused before commit (test hook)", "model=%s pos=%llu", m->name,
+                     (unsigned long long)op->pos);
+            usleep((useconds_t)s->cfg.test_checkpoint_pause_ms * 1000);
+        }
         return rc;
     }
     }

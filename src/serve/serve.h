@@ -36,6 +36,7 @@ struct serve_config {
     double checkpoint_seconds; /* ...or this long after its last one, if it changed */
     uint64_t ids_keep;         /* remember sample ids of at least this many last items */
     int synchronous;           /* SQLite's synchronous level in force (1 NORMAL, 2 FULL), for metrics */
+    int test_checkpoint_pause_ms; /* tests only: stall inside each checkpoint transaction */
 };
 
 struct serve;

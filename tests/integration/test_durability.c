@@ -711,6 +711,75 @@ START_TEST(the_durability_level_is_in_force_and_reported)
 }
 END_TEST
 
+START_TEST(a_kill_inside_a_checkpoint_leaves_the_previous_one)
+{
+    /* Every checkpoint stalls 2 s inside its transaction (test hook), after
+     * the new state and the log trim are written and before COMMIT. */
+    setenv("TAMED_TEST_CHECKPOINT_PAUSE_MS", "2000", 1);
+    const char *flags[] = {"--checkpoint-batches", "4", NULL};
+    struct daemon d;
+    daemon_start(&d, flags);
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct tame_rng r;
+    tame_rng_seed(&r, 12);
+    long sent = 0;
+    for (int i = 0; i < 4; i++, sent += 32) {
+        char *body = id_body(&r, 0, 32, "k", sent);
+        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
+        free(body);
+    }
+    /* The first checkpoint commits after its pause. */
+    double pos1 = 0;
+    for (int i = 0; i < 200 && pos1 == 0; i++) {
+        usleep(50000);
+        json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+        pos1 = jnum(json_object_get(m, "durability"), "checkpoint_position");
+        json_decref(m);
+    }
+    ck_assert_int_eq((int)pos1, 4 * 32);
+    /* The second (due once these four batches are trained) is killed in
+     * its pause; no request follows (it would wait for the pause). */
+    for (int i = 0; i < 4; i++, sent += 32) {
+        char *body = id_body(&r, 1, 32, "k", sent);
+        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
+        free(body);
+    }
+    bool paused = false;
+    for (int i = 0; i < 200 && !paused; i++) {
+        usleep(20000);
+        FILE *f = fopen(d.log_path, "r");
+        char line[1024];
+        int n = 0;
+        while (f && fgets(line, sizeof(line), f)) n += strstr(line, "checkpoint paused") != NULL;
+        if (f) fclose(f);
+        paused = n >= 2;
+    }
+    ck_assert_msg(paused, "the second checkpoint did not start (see %s)", d.log_path);
+    daemon_kill(&d);
+    ck_assert(integrity_ok(d.db));
+    unsetenv("TAMED_TEST_CHECKPOINT_PAUSE_MS");
+    daemon_restart(&d, flags);
+    wait_ready(&d);
+    /* The old checkpoint was loaded, whole (its CRC and the learner's
+     * checked), and the log after it replayed (which may checkpoint anew). */
+    ck_assert_msg(daemon_log_has(&d, "msg=\"model loaded\" model=m checkpoint=128 "), "see %s", d.log_path);
+    json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+    ck_assert_int_eq((long)jnum(m, "samples_acknowledged"), sent);
+    json_decref(m);
+    json_decref(call_json(d.port, "POST", "/v1/models/m/flush", NULL, 200));
+    double trained = 0;
+    for (int i = 0; i < 200 && trained != (double)sent; i++) {
+        usleep(20000);
+        m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+        trained = jnum(m, "samples_trained");
+        json_decref(m);
+    }
+    ck_assert_int_eq((long)trained, sent);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 static Suite *durability_suite(void)
 {
     Suite *s = suite_create("durability");
@@ -718,6 +787,7 @@ static Suite *durability_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, sigkill_at_random_moments_loses_no_acknowledged_id);
     tcase_add_test(tc, a_stream_killed_and_recovered_ends_as_one_never_killed);
+    tcase_add_test(tc, a_kill_inside_a_checkpoint_leaves_the_previous_one);
     tcase_add_test(tc, a_full_disk_gets_503_never_an_ack_and_recovers_by_itself);
     tcase_add_test(tc, a_flipped_page_is_refused_and_left_untouched);
     tcase_add_test(tc, a_flipped_byte_in_a_checkpoint_is_refused_and_left_untouched);
