@@ -66,6 +66,7 @@ done
 awk '{s[$1] = s[$1] " " $2} END {for (k in s) print k ":" s[k]}' "$out/durability-ingest.txt"
 fi
 : > "$out/durability-ready.txt"
+case " $parts " in *" ready "*) ;; *) exit 0 ;; esac
 
 # A model of 20 experts, checkpointed at SIGTERM.
 rm -f "$tmp"/r.db*

@@ -24,6 +24,8 @@ static double now_s(void)
     return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+#define FOLD_FRAMES 256 /* 16 MiB of 64 KiB pages */
+
 /* ---- inside the transaction ---- */
 
 static int do_samples(struct serve *s, struct op *op)
@@ -249,7 +251,8 @@ static void commit_batch(struct serve *s, struct op *ops)
     }
     for (struct op *op = ops; op; op = op->next) op->done = true;
     pthread_cond_broadcast(&s->commit_done_cv);
-    if (!rc) {
+    /* Fold in 16 MiB steps: each fold syncs the database file. */
+    if (!rc && store_wal_frames(s->store) >= FOLD_FRAMES) {
         s->fold_due = true;
         pthread_cond_signal(&s->fold_cv);
     }
@@ -285,7 +288,7 @@ static void *fold_main(void *arg)
         int frames = 0, folded = 0;
         if (st && store_wal_fold(st, false, &frames, &folded) == 0 && frames >= FOLD_RESTART_FRAMES)
             store_wal_fold(st, true, &frames, &folded);
-        usleep(20000); /* at most 50 folds a second */
+        usleep(20000);
         pthread_mutex_lock(&s->commit_mu);
     }
     pthread_mutex_unlock(&s->commit_mu);

@@ -94,6 +94,7 @@ struct store {
     sqlite3 *db;
     bool readonly;       /* opened for reading */
     bool file_readonly;  /* opened for writing, but the file is read-only */
+    int wal_frames;      /* frames in the WAL after the last commit (manual_wal) */
     char *path;
     struct store_options opts;
     sqlite3_stmt *st[N_STMT];
@@ -101,6 +102,14 @@ struct store {
 
 static int open_db(const char *path, const struct store_options *o, bool verify, struct store **ret, char *why,
                    size_t why_len);
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    ((struct store *)arg)->wal_frames = frames;
+    return SQLITE_OK;
+}
 
 /* The one translation of SQLite's result codes. */
 static int store_code(int rc)
@@ -280,8 +289,10 @@ static int open_db(const char *path, const struct store_options *o, bool verify,
     if (!rc) rc = exec(st, o->sync == STORE_SYNC_FULL ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
     int64_t page = rc ? 0 : pragma_int(st, "PRAGMA page_size", &rc);
     /* Fold the WAL back every 16 MiB, so it stays small; or leave it to a
-     * thread of the caller's (store_wal_fold), off the commit path. */
-    if (!rc) sqlite3_wal_autocheckpoint(st->db, o->manual_wal ? 0 : (int)((16 << 20) / page));
+     * thread of the caller's (store_wal_fold), off the commit path, told by
+     * store_wal_frames when there is enough to fold. */
+    if (!rc && o->manual_wal) sqlite3_wal_hook(st->db, wal_hook, st);
+    else if (!rc) sqlite3_wal_autocheckpoint(st->db, (int)((16 << 20) / page));
     if (!rc && o->max_bytes > 0) {
         char sql[64];
         snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %lld", (long long)(o->max_bytes / page));
@@ -306,6 +317,8 @@ fail:
     free(st);
     return rc ? rc : TAME_E_IO;
 }
+
+int store_wal_frames(const struct store *st) { return st->wal_frames; }
 
 bool store_writable(const struct store *st) { return st->db && !st->readonly && !st->file_readonly; }
 
@@ -334,6 +347,7 @@ int store_reopen(struct store *st)
     if (rc) return rc; /* no connection until a later attempt succeeds */
     st->db = fresh->db;
     st->file_readonly = fresh->file_readonly;
+    if (st->opts.manual_wal) sqlite3_wal_hook(st->db, wal_hook, st); /* it pointed at fresh */
     free(fresh->path);
     free(fresh);
     return store_writable(st) ? 0 : TAME_E_UNAVAIL;

@@ -128,5 +128,7 @@ int store_backup(const char *src, const char *dst, char *why, size_t why_len);
  * connection of its own so commits never wait for it.  *ret_frames: frames
  * in the WAL; *ret_folded: of those, now in the database. */
 int store_wal_fold(struct store *st, bool restart, int *ret_frames, int *ret_folded);
+/* With manual_wal: frames in the WAL after this connection's last commit. */
+int store_wal_frames(const struct store *st);
 
 #endif
