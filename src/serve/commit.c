@@ -321,9 +321,9 @@ static void *probe_main(void *arg)
     return NULL;
 }
 
-/* Leader/follower group commit: the first request to find no leader
- * commits everything queued (its own and what arrives meanwhile), the
- * others wait for it; no hand-off to another thread on the way to the
+/* Leader/follower group commit: a request that finds no leader commits
+ * everything queued in one transaction, the others wait for it and the next
+ * of them leads; no hand-off to another thread on the way to the
  * acknowledgement. */
 int serve_commit(struct serve *s, struct op *op)
 {
@@ -342,14 +342,14 @@ int serve_commit(struct serve *s, struct op *op)
             pthread_cond_wait(&s->commit_done_cv, &s->commit_mu);
             continue;
         }
+        /* One transaction, with everything queued (this op included), then
+         * leadership passes on: a request never carries later ones. */
         s->leader = true;
-        while (s->ops_head) {
-            struct op *ops = s->ops_head;
-            s->ops_head = s->ops_tail = NULL;
-            pthread_mutex_unlock(&s->commit_mu);
-            commit_batch(s, ops); /* marks them done */
-            pthread_mutex_lock(&s->commit_mu);
-        }
+        struct op *ops = s->ops_head;
+        s->ops_head = s->ops_tail = NULL;
+        pthread_mutex_unlock(&s->commit_mu);
+        commit_batch(s, ops); /* marks them done */
+        pthread_mutex_lock(&s->commit_mu);
         s->leader = false;
         pthread_cond_broadcast(&s->commit_done_cv);
     }
