@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -30,7 +31,7 @@ static const char *model_spec =
 
 struct prober {
     int port;
-    volatile bool stop;
+    atomic_bool stop;
     int ok, not_trained, failed;
 };
 
@@ -484,7 +485,7 @@ END_TEST
 
 struct feeder {
     int port;
-    volatile bool stop;
+    atomic_bool stop;
     long acked;
 };
 

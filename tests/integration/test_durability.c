@@ -14,6 +14,7 @@
 
 #include <check.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -90,7 +91,7 @@ static void wait_ready(const struct daemon *d)
 
 struct client {
     int port, k;
-    volatile bool *stop;
+    atomic_bool *stop;
     unsigned seed;
     long next;             /* next id number (ids: c<k>-<n>) */
     long *acked;           /* ids acknowledged, as numbers */
@@ -176,7 +177,7 @@ START_TEST(sigkill_at_random_moments_loses_no_acknowledged_id)
     tame_rng_seed(&rr, 2024);
     long total = 0;
     for (int round = 0; round < rounds; round++) {
-        volatile bool stop = false;
+        atomic_bool stop = false;
         pthread_t th[CLIENTS];
         for (int k = 0; k < CLIENTS; k++) {
             cl[k].port = d.port;
@@ -597,7 +598,7 @@ START_TEST(a_backup_taken_while_ingesting_starts_a_daemon)
     trained_database(&d);
     daemon_restart(&d, NULL);
     wait_ready(&d);
-    volatile bool stop = false;
+    atomic_bool stop = false;
     struct client c = {.port = d.port, .k = 1, .stop = &stop, .seed = 11};
     pthread_t th;
     pthread_create(&th, NULL, client_main, &c);
