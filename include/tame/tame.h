@@ -155,6 +155,11 @@ int tame_selector_job_run(struct tame_selector_job *job);
 /* Install the trained selector (the job keeps nothing) and record events. */
 int tame_learner_install_selector(struct tame_learner *l, struct tame_selector_job *job);
 void tame_selector_job_free(struct tame_selector_job *job);
+/* A taken job's inputs (not its result), so a checkpoint can hold a job in
+ * flight and a restart run it again: the same inputs give the same selector.
+ * load: TAME_E_CORRUPT on anything inconsistent with p. */
+void tame_selector_job_save(const struct tame_selector_job *job, struct tame_wbuf *w);
+int tame_selector_job_load(struct tame_rbuf *r, const struct tame_params *p, struct tame_selector_job **ret);
 /* All three in a row, on this thread. */
 int tame_learner_train_selector(struct tame_learner *l);
 

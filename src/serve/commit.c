@@ -93,8 +93,7 @@ static int do_op(struct serve *s, struct op *op)
         return rc;
     }
     case OP_CHECKPOINT: {
-        uint64_t ids_from = op->pos > s->cfg.ids_keep ? op->pos - s->cfg.ids_keep : 0;
-        int rc = store_checkpoint_put(s->store, m->id, op->pos, op->blob.data, op->state_len, ids_from);
+        int rc = store_checkpoint_put(s->store, m->id, op->pos, op->blob.data, op->state_len);
         for (size_t i = 0; !rc && i < op->n_ev; i++)
             rc = store_event_put(s->store, m->id, op->ev_seq0 + i, op->blob.data + op->ev_off[i],
                                  op->ev_off[i + 1] - op->ev_off[i]);
@@ -164,6 +163,9 @@ static void apply(struct serve *s, struct op *op)
         serve_put(m); /* the registry's reference */
         break;
     case OP_CHECKPOINT:
+        m->trim_pending = true;
+        m->trim_log = op->pos;
+        m->trim_ids = op->pos > s->cfg.ids_keep ? op->pos - s->cfg.ids_keep : 0;
         pthread_mutex_lock(&m->mu);
         m->ckpt_pos = op->pos;
         m->events_stored = op->ev_seq0 + op->n_ev;
@@ -191,6 +193,40 @@ static void set_degraded(struct serve *s, bool degraded, const char *why)
         TAME_LOG(TAME_LOG_ERROR, "database not writable: acknowledging nothing until it is", "error=\"%s\"", why);
     else if (!degraded && was)
         TAME_LOG(TAME_LOG_INFO, "database writable again", "%s", "");
+}
+
+/* Delete a little of what checkpoints left behind (log records below the
+ * checkpoint, old sample ids), riding along in a transaction that commits
+ * anyway, in its own savepoint: never one large delete that stalls every
+ * request. */
+#define TRIM_RECORDS 4
+
+static bool trim_pending(struct serve *s)
+{
+    bool any = false;
+    pthread_mutex_lock(&s->mu);
+    for (int k = 0; k < s->n_models && !any; k++) any = s->models[k]->trim_pending && !s->models[k]->deleting;
+    pthread_mutex_unlock(&s->mu);
+    return any;
+}
+
+static bool trim_some(struct serve *s)
+{
+    struct serve_model *m = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (int k = 0; k < s->n_models && !m; k++)
+        if (s->models[k]->trim_pending && !s->models[k]->deleting) m = s->models[k];
+    if (m) atomic_fetch_add(&m->refs, 1);
+    pthread_mutex_unlock(&s->mu);
+    if (!m) return false;
+    bool done = false;
+    int rc = store_savepoint(s->store);
+    if (!rc) rc = store_trim(s->store, m->id, m->trim_log, m->trim_ids, TRIM_RECORDS, &done);
+    if (!rc) rc = store_release(s->store);
+    if (rc) store_rollback_to(s->store);
+    else if (done) m->trim_pending = false;
+    serve_put(m);
+    return rc == 0;
 }
 
 static void commit_batch(struct serve *s, struct op *ops)
@@ -221,6 +257,7 @@ static void commit_batch(struct serve *s, struct op *ops)
         op->rc = r;
         ok_ops += !r;
     }
+    if (!rc) trim_some(s);
     if (!rc) rc = store_commit(s->store);
     if (rc) {
         const char *why = store_errmsg(s->store);
@@ -308,11 +345,18 @@ static void *probe_main(void *arg)
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 1;
         pthread_cond_timedwait(&s->commit_cv, &s->commit_mu, &until);
-        if (s->commit_stop || !s->stats.degraded || s->leader || s->ops_head) continue;
+        if (s->commit_stop || s->leader || s->ops_head) continue;
         s->leader = true;
+        bool degraded = s->stats.degraded;
         pthread_mutex_unlock(&s->commit_mu);
-        int rc = store_writable(s->store) ? store_probe(s->store) : store_reopen(s->store);
-        if (!rc) set_degraded(s, false, NULL);
+        if (degraded) {
+            int rc = store_writable(s->store) ? store_probe(s->store) : store_reopen(s->store);
+            if (!rc) set_degraded(s, false, NULL);
+        } else if (trim_pending(s) && store_begin(s->store) == 0) {
+            /* Idle: clear some garbage the checkpoints left. */
+            for (int k = 0; k < 8 && trim_some(s);) k++;
+            if (store_commit(s->store)) store_rollback(s->store);
+        }
         pthread_mutex_lock(&s->commit_mu);
         s->leader = false;
         pthread_cond_broadcast(&s->commit_done_cv);

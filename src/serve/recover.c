@@ -50,16 +50,8 @@ static int load_model(void *arg, const struct store_model_row *row)
     uint64_t pos = 0;
     rc = store_checkpoint_get(s->store, m->id, &pos, &state, &len);
     if (rc == 0) {
-        struct tame_rbuf r;
-        tame_rbuf_init(&r, state, len);
-        struct tame_learner *l;
-        rc = tame_learner_load(&r, &l);
+        rc = serve_checkpoint_load(s, m, state, len);
         free(state);
-        if (rc == 0) {
-            tame_learner_free(m->learner);
-            m->learner = l;
-            rc = tame_learner_set_threads(l, s->cfg.step_threads);
-        }
         if (rc) {
             snprintf(c->why, c->why_len, "model '%s': checkpoint at log position %llu is %s", row->name,
                      (unsigned long long)pos, rc == TAME_E_CORRUPT ? "corrupt" : tame_strerror(rc));
@@ -94,6 +86,9 @@ static int load_model(void *arg, const struct store_model_row *row)
     m->q_pos = m->ckpt_pos = pos;
     m->ckpt_batches = info.batches;
     m->log_end = end;
+    m->trim_pending = true; /* whatever a killed run left below the checkpoint */
+    m->trim_log = pos;
+    m->trim_ids = pos > s->cfg.ids_keep ? pos - s->cfg.ids_keep : 0;
     m->acknowledged = info.samples_trained + samples;
     m->replaying = end > pos;
     struct serve_view_ref *v = serve_view_build(m->learner, p.classes);

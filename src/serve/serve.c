@@ -88,9 +88,10 @@ static void model_free(struct serve_model *m)
     tame_learner_free(m->learner);
     for (struct serve_job *j = m->done_head, *next; j; j = next) {
         next = j->next;
-        tame_selector_job_free(j->job);
-        free(j);
+        free(j); /* its job is in out[] */
     }
+    for (int i = 0; i < m->jobs_out; i++) tame_selector_job_free(m->out[i]);
+    free(m->out);
     if (m->view) serve_view_put(&m->view->view);
     free(m->qx);
     free(m->qy);
@@ -232,7 +233,7 @@ int serve_names(struct serve *s, char ***ret_names, int *ret_n)
 
 static bool checkpoint_due_locked(const struct serve_model *m, double now)
 {
-    return m->q_pos > m->ckpt_pos && m->jobs_out == 0 && !m->deleted && now >= m->ckpt_retry &&
+    return m->q_pos > m->ckpt_pos && !m->deleted && now >= m->ckpt_retry &&
            now - m->ckpt_time >= m->s->cfg.checkpoint_seconds;
 }
 
@@ -417,8 +418,7 @@ static void *selector_main(void *arg)
     while (s->sel_head) {
         struct serve_job *j = s->sel_head;
         s->sel_head = j->next;
-        tame_selector_job_free(j->job);
-        serve_put(j->m);
+        serve_put(j->m); /* the job stays in the model's out[] */
         free(j);
     }
     s->sel_tail = NULL;
@@ -426,21 +426,26 @@ static void *selector_main(void *arg)
     return NULL;
 }
 
-/* Take a selector job now (worker holds the model) and queue it.  Jobs are
- * taken at points that depend only on the log, and installed in order. */
-static void take_selector_job(struct serve *s, struct serve_model *m)
+void serve_queue_job(struct serve *s, struct serve_model *m, struct tame_selector_job *job)
 {
     struct serve_job *j = calloc(1, sizeof(*j));
-    if (!j) return;
-    if (tame_selector_job_new(m->learner, &j->job) < 0) {
+    pthread_mutex_lock(&m->mu);
+    if (j && m->jobs_out == m->out_cap) {
+        int cap = m->out_cap ? 2 * m->out_cap : 4;
+        struct tame_selector_job **o = realloc(m->out, (size_t)cap * sizeof(*o));
+        if (o) m->out = o, m->out_cap = cap;
+    }
+    bool ok = j && m->jobs_out < m->out_cap;
+    if (ok) m->out[m->jobs_out++] = job;
+    pthread_mutex_unlock(&m->mu);
+    if (!ok) { /* out of memory: this retrain is lost; a later one replaces it */
         free(j);
+        tame_selector_job_free(job);
         return;
     }
+    j->job = job;
     j->m = m;
     atomic_fetch_add(&m->refs, 1);
-    pthread_mutex_lock(&m->mu);
-    m->jobs_out++;
-    pthread_mutex_unlock(&m->mu);
     pthread_mutex_lock(&s->mu);
     if (s->sel_tail) s->sel_tail->next = j;
     else s->sel_head = j;
@@ -449,16 +454,86 @@ static void take_selector_job(struct serve *s, struct serve_model *m)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Take a selector job now (worker holds the model) and queue it.  Jobs are
+ * taken at points that depend only on the log, and installed in order. */
+static void take_selector_job(struct serve *s, struct serve_model *m)
+{
+    struct tame_selector_job *job;
+    if (tame_selector_job_new(m->learner, &job) == 0) serve_queue_job(s, m, job);
+}
+
 /* ---- checkpoints ---- */
 
-/* Write the learner (consumed up to q_pos, no selector job pending) and the
- * events not yet stored, in one transaction.  The worker holds the model. */
+/* Checkpoint blobs: "TCKP", a version word, the learner (tame_learner_save),
+ * the number of selector jobs in flight and each one's inputs
+ * (tame_selector_job_save), in the order taken, then a CRC-32.  Jobs in
+ * flight are saved rather than waited for: on a restart they run again and
+ * install in order, as they would have. */
+#define CKPT_MAGIC 0x504b4354u /* "TCKP" */
+#define CKPT_VERSION 1u
+
+void serve_checkpoint_save(struct serve_model *m, struct tame_wbuf *w)
+{
+    size_t start = w->len;
+    tame_wbuf_u32(w, CKPT_MAGIC);
+    tame_wbuf_u32(w, CKPT_VERSION);
+    tame_learner_save(m->learner, w);
+    /* The worker holds the model, so no job of it is freed meanwhile; their
+     * inputs are never written after they are taken. */
+    pthread_mutex_lock(&m->mu);
+    int n = m->jobs_out;
+    struct tame_selector_job **jobs = malloc((size_t)(n ? n : 1) * sizeof(*jobs));
+    if (jobs) memcpy(jobs, m->out, (size_t)n * sizeof(*jobs));
+    pthread_mutex_unlock(&m->mu);
+    if (!jobs && !w->err) w->err = TAME_E_NOMEM;
+    tame_wbuf_u32(w, (uint32_t)n);
+    for (int i = 0; jobs && i < n; i++) tame_selector_job_save(jobs[i], w);
+    free(jobs);
+    tame_wbuf_crc(w, start);
+}
+
+int serve_checkpoint_load(struct serve *s, struct serve_model *m, const void *b, size_t len)
+{
+    struct tame_rbuf r;
+    tame_rbuf_init(&r, b, len);
+    if (tame_rbuf_u32(&r) != CKPT_MAGIC) return TAME_E_CORRUPT;
+    uint32_t version = tame_rbuf_u32(&r);
+    if (r.err) return TAME_E_CORRUPT;
+    if (version != CKPT_VERSION) return TAME_E_VERSION;
+    struct tame_learner *l;
+    int rc = tame_learner_load(&r, &l);
+    if (rc) return rc;
+    uint32_t n = tame_rbuf_u32(&r);
+    struct tame_selector_job **jobs = calloc(n ? n : 1, sizeof(*jobs));
+    rc = r.err || n > tame_rbuf_left(&r) / 16 ? TAME_E_CORRUPT : jobs ? 0 : TAME_E_NOMEM;
+    uint32_t got = 0;
+    for (; !rc && got < n; got++) rc = tame_selector_job_load(&r, &m->p, &jobs[got]);
+    if (!rc) {
+        tame_rbuf_crc(&r, 0);
+        if (r.err || tame_rbuf_left(&r) != 0) rc = TAME_E_CORRUPT;
+    }
+    if (!rc) rc = tame_learner_set_threads(l, s->cfg.step_threads);
+    if (rc) {
+        for (uint32_t i = 0; i < n && jobs; i++) tame_selector_job_free(jobs[i]);
+        free(jobs);
+        tame_learner_free(l);
+        return rc;
+    }
+    tame_learner_free(m->learner);
+    m->learner = l;
+    for (uint32_t i = 0; i < n; i++) serve_queue_job(s, m, jobs[i]);
+    free(jobs);
+    return 0;
+}
+
+/* Write the model (consumed up to q_pos) and the events not yet stored, in
+ * one transaction.  The worker holds the model. */
 static void checkpoint(struct serve *s, struct serve_model *m)
 {
     double t0 = tame_now_s();
     struct op op = {.kind = OP_CHECKPOINT, .m = m};
     tame_wbuf_init(&op.blob);
-    tame_learner_save(m->learner, &op.blob);
+    serve_checkpoint_save(m, &op.blob);
     op.state_len = op.blob.len;
     pthread_mutex_lock(&m->mu);
     op.pos = m->q_pos;
@@ -544,9 +619,8 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
         struct serve_job *j = done;
         done = j->next;
         if (!j->failed) changed |= tame_learner_install_selector(m->learner, j->job) == 0;
-        tame_selector_job_free(j->job);
-        free(j);
         installed++;
+        free(j); /* the job itself is freed below, once it left out[] */
     }
     for (int u = 0; u < n_units; u++) {
         if (units[u].n > 0) {
@@ -573,13 +647,16 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
     m->q_pos += (uint64_t)items;
     m->q_samples -= samples;
     m->q_marks -= marks;
+    /* Installed in the order taken: the first `installed` of out[]. */
+    for (int k = 0; k < installed; k++) tame_selector_job_free(m->out[k]);
+    memmove(m->out, m->out + installed, (size_t)(m->jobs_out - installed) * sizeof(*m->out));
     m->jobs_out -= installed;
     if (items) pthread_cond_broadcast(&m->room_cv);
     if (n_ev) serve_append_events_locked(m, ev, n_ev);
     struct serve_view_ref *old = NULL;
     if (view) old = m->view, m->view = view;
     double now = tame_now_s();
-    bool due = m->q_pos > m->ckpt_pos && m->jobs_out == 0 && !m->deleted && now >= m->ckpt_retry &&
+    bool due = m->q_pos > m->ckpt_pos && !m->deleted && now >= m->ckpt_retry &&
                (info.batches - m->ckpt_batches >= s->cfg.checkpoint_batches ||
                 now - m->ckpt_time >= s->cfg.checkpoint_seconds);
     pthread_mutex_unlock(&m->mu);
@@ -727,7 +804,7 @@ void serve_stop(struct serve *s, bool drain)
         for (int i = 0; i < s->n_models; i++) {
             struct serve_model *m = s->models[i];
             pthread_mutex_lock(&m->mu);
-            bool due = m->q_pos > m->ckpt_pos && m->jobs_out == 0;
+            bool due = m->q_pos > m->ckpt_pos;
             pthread_mutex_unlock(&m->mu);
             if (due) checkpoint(s, m);
         }
@@ -742,6 +819,12 @@ void serve_free(struct serve *s)
 {
     if (!s) return;
     serve_stop(s, false);
+    while (s->sel_head) { /* queued before the selector thread ever ran */
+        struct serve_job *j = s->sel_head;
+        s->sel_head = j->next;
+        serve_put(j->m);
+        free(j);
+    }
     for (int i = 0; i < s->n_models; i++) serve_put(s->models[i]);
     store_close(s->store);
     free(s->models);

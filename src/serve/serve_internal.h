@@ -53,12 +53,16 @@ struct serve_model {
     size_t n_events, events_cap;
     uint64_t events_stored;  /* events [0, events_stored) are in the store */
     struct serve_job *done_head, *done_tail; /* trained selectors, in order */
-    int jobs_out;            /* selector jobs taken and not yet installed */
+    int jobs_out;            /* selector jobs taken and not yet installed... */
+    struct tame_selector_job **out; /* ...in the order taken (inputs read-only) */
+    int out_cap;
     uint64_t ckpt_pos, ckpt_batches, checkpoints;
     double ckpt_time, ckpt_retry;
-    /* owned by the committer thread */
+    /* owned by the committing leader */
     uint64_t log_end;        /* next free log position */
     bool deleting;
+    bool trim_pending;       /* garbage below the checkpoint to delete */
+    uint64_t trim_log, trim_ids; /* log records before, sample ids before */
     /* owned by the busy worker (or by the loader before the model is listed) */
     struct tame_learner *learner;
 };
@@ -150,6 +154,12 @@ void serve_append_events_locked(struct serve_model *m, const struct tame_event *
 /* Params in the store: a version word, then tame_params_save. */
 void serve_params_save(const struct tame_params *p, struct tame_wbuf *w);
 int serve_params_load(const void *b, size_t len, struct tame_params *p);
+
+/* Queue a taken job for the selector thread (the caller holds the model). */
+void serve_queue_job(struct serve *s, struct serve_model *m, struct tame_selector_job *job);
+/* Checkpoint blobs: the learner, then the selector jobs in flight. */
+void serve_checkpoint_save(struct serve_model *m, struct tame_wbuf *w);
+int serve_checkpoint_load(struct serve *s, struct serve_model *m, const void *b, size_t len);
 
 /* recover.c */
 int serve_recover(struct serve *s, char *why, size_t why_len);

@@ -3,7 +3,7 @@
  * Schema (PRAGMA user_version = STORE_SCHEMA_VERSION, application_id 'TAME'):
  *
  *   models(id INTEGER PRIMARY KEY, name TEXT UNIQUE, params BLOB, crc, created_at)
- *       params: the engine's tame_params blob (include/tame/tame.h).
+ *       params: "TPRM", a version word, then tame_params_save (tame.h).
  *   log(model_id, pos, items, kind, x BLOB, y BLOB, crc), UNIQUE(model_id, pos)
  *       The sample log: every acknowledged request, in acknowledged order.  A
  *       model's input is a sequence of items; a record holds `items` of them
@@ -12,11 +12,14 @@
  *       partial batch) and kind 2 = selector (retrain it now) are one item
  *       with no x or y.  crc = CRC-32 of the kind byte, x, then y.
  *   checkpoints(model_id PRIMARY KEY, pos, state BLOB, crc, created_at)
- *       One per model: the learner after consuming items [0, pos)
- *       (tame_learner_save), replaced in one transaction.  Records wholly
- *       before pos are deleted in the same transaction.
+ *       One per model: the model after consuming items [0, pos), replaced
+ *       in one transaction (layout: serve/serve.c, "checkpoint blobs").
+ *       Records wholly before pos are garbage from then on; they are
+ *       deleted a few at a time in later transactions (store_trim), so a
+ *       checkpoint never waits for a large delete.
  *   events(model_id, seq, event BLOB, crc), PRIMARY KEY(model_id, seq)
- *       The model's events up to its checkpoint (the rest are replayed).
+ *       The model's events up to its checkpoint (the rest are replayed);
+ *       each blob is tame_event_save.
  *   sample_ids(model_id, id TEXT, pos), PRIMARY KEY(model_id, id)   [v2]
  *       Client sample ids, so a retried request is not trained twice.
  *
@@ -65,8 +68,10 @@ static const char *const stmt_sql[N_STMT] = {
                    "FROM log WHERE model_id = ? AND pos + items > ?",
     [S_CKPT_PUT] = "INSERT OR REPLACE INTO checkpoints(model_id, pos, state, crc, created_at) "
                    "VALUES (?, ?, ?, ?, unixepoch())",
-    [S_LOG_TRIM] = "DELETE FROM log WHERE model_id = ? AND pos + items <= ?",
-    [S_IDS_TRIM] = "DELETE FROM sample_ids WHERE model_id = ? AND pos < ?",
+    [S_LOG_TRIM] = "DELETE FROM log WHERE rowid IN (SELECT rowid FROM log WHERE model_id = ? AND pos + items <= ? "
+                   "ORDER BY pos LIMIT ?)",
+    [S_IDS_TRIM] = "DELETE FROM sample_ids WHERE model_id = ?1 AND id IN (SELECT id FROM sample_ids WHERE model_id = ?1 "
+                   "AND pos < ?2 LIMIT ?3)",
     [S_CKPT_GET] = "SELECT pos, state, crc FROM checkpoints WHERE model_id = ?",
     [S_EVENT_PUT] = "INSERT OR REPLACE INTO events(model_id, seq, event, crc) VALUES (?, ?, ?, ?)",
     [S_EVENTS_EACH] = "SELECT seq, event, crc FROM events WHERE model_id = ? ORDER BY seq",
@@ -574,8 +579,7 @@ int store_log_tail(struct store *st, int64_t model, uint64_t pos, uint64_t *ret_
 
 /* ---- checkpoints and events ---- */
 
-int store_checkpoint_put(struct store *st, int64_t model, uint64_t pos, const void *state, size_t len,
-                         uint64_t ids_from)
+int store_checkpoint_put(struct store *st, int64_t model, uint64_t pos, const void *state, size_t len)
 {
     sqlite3_stmt *s = stmt(st, S_CKPT_PUT);
     if (s) {
@@ -584,15 +588,31 @@ int store_checkpoint_put(struct store *st, int64_t model, uint64_t pos, const vo
         sqlite3_bind_blob64(s, 3, state, len, SQLITE_STATIC);
         sqlite3_bind_int64(s, 4, blob_crc(0, state, len));
     }
+    return run(st, s);
+}
+
+int store_trim(struct store *st, int64_t model, uint64_t log_before, uint64_t ids_before, int max_rows,
+               bool *ret_done)
+{
+    sqlite3_stmt *s = stmt(st, S_LOG_TRIM);
+    if (s) {
+        sqlite3_bind_int64(s, 1, model);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)log_before);
+        sqlite3_bind_int(s, 3, max_rows);
+    }
     int rc = run(st, s);
     if (rc) return rc;
-    s = stmt(st, S_LOG_TRIM);
-    if (s) sqlite3_bind_int64(s, 1, model), sqlite3_bind_int64(s, 2, (sqlite3_int64)pos);
+    int log_rows = sqlite3_changes(st->db);
+    s = stmt(st, S_IDS_TRIM);
+    if (s) {
+        sqlite3_bind_int64(s, 1, model);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)ids_before);
+        sqlite3_bind_int(s, 3, max_rows * 256);
+    }
     rc = run(st, s);
     if (rc) return rc;
-    s = stmt(st, S_IDS_TRIM);
-    if (s) sqlite3_bind_int64(s, 1, model), sqlite3_bind_int64(s, 2, (sqlite3_int64)ids_from);
-    return run(st, s);
+    *ret_done = log_rows < max_rows && sqlite3_changes(st->db) < max_rows * 256;
+    return 0;
 }
 
 int store_checkpoint_get(struct store *st, int64_t model, uint64_t *ret_pos, void **ret_state, size_t *ret_len)

@@ -103,11 +103,14 @@ int store_log_each(struct store *st, int64_t model, uint64_t pos,
 int store_log_tail(struct store *st, int64_t model, uint64_t pos, uint64_t *ret_end, uint64_t *ret_samples);
 
 /* ---- checkpoints ---- */
-/* Replace the model's checkpoint: learner state consumed up to `pos`; then
- * drop the log records wholly before pos, and sample ids older than
- * `ids_from`. Call inside a transaction. */
-int store_checkpoint_put(struct store *st, int64_t model, uint64_t pos, const void *state, size_t len,
-                         uint64_t ids_from);
+/* Replace the model's checkpoint: its state after consuming items [0, pos).
+ * Call inside a transaction. */
+int store_checkpoint_put(struct store *st, int64_t model, uint64_t pos, const void *state, size_t len);
+/* Delete up to max_rows log records wholly before log_before, and up to
+ * 256 x max_rows sample ids of items before ids_before: the garbage a
+ * checkpoint left, a little at a time.  *ret_done when nothing is left. */
+int store_trim(struct store *st, int64_t model, uint64_t log_before, uint64_t ids_before, int max_rows,
+               bool *ret_done);
 /* The newest checkpoint: *ret_state is malloc'd (caller frees); TAME_E_NOTFOUND
  * if the model has none. */
 int store_checkpoint_get(struct store *st, int64_t model, uint64_t *ret_pos, void **ret_state,

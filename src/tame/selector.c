@@ -54,6 +54,54 @@ int tame_selector_job_new(struct tame_learner *l, struct tame_selector_job **ret
     return 0;
 }
 
+#define JOB_MAGIC 0x424f4a54u /* "TJOB" */
+
+void tame_selector_job_save(const struct tame_selector_job *job, struct tame_wbuf *w)
+{
+    tame_wbuf_u32(w, JOB_MAGIC);
+    tame_wbuf_i32(w, job->n_experts);
+    tame_wbuf_u64(w, job->version);
+    tame_wbuf_u64(w, job->batch);
+    tame_wbuf_i32(w, job->n);
+    tame_wbuf_f32s(w, job->x, (size_t)job->n * job->p.input_dim);
+    for (int i = 0; i < job->n; i++) tame_wbuf_i32(w, job->tag[i]);
+}
+
+int tame_selector_job_load(struct tame_rbuf *r, const struct tame_params *p, struct tame_selector_job **ret)
+{
+    if (tame_rbuf_u32(r) != JOB_MAGIC) return TAME_E_CORRUPT;
+    int n_experts = tame_rbuf_i32(r);
+    uint64_t version = tame_rbuf_u64(r), batch = tame_rbuf_u64(r);
+    int n = tame_rbuf_i32(r);
+    if (r->err || n_experts < 2 || n_experts > TAME_MAX_EXPERTS || n < 1 || n > p->selector_capacity ||
+        (size_t)n * p->input_dim * sizeof(float) > tame_rbuf_left(r))
+        return TAME_E_CORRUPT;
+    struct tame_selector_job *job = tame_calloc(1, sizeof(*job));
+    if (!job) return TAME_E_NOMEM;
+    job->p = *p;
+    job->n_experts = n_experts;
+    job->version = version;
+    job->batch = batch;
+    job->n = n;
+    job->x = tame_malloc((size_t)n * p->input_dim * sizeof(float));
+    job->tag = tame_malloc((size_t)n * sizeof(int));
+    if (!job->x || !job->tag) {
+        tame_selector_job_free(job);
+        return TAME_E_NOMEM;
+    }
+    tame_rbuf_f32s(r, job->x, (size_t)n * p->input_dim);
+    for (int i = 0; i < n; i++) {
+        job->tag[i] = tame_rbuf_i32(r);
+        if (job->tag[i] < 0 || job->tag[i] >= n_experts) r->err = TAME_E_CORRUPT;
+    }
+    if (r->err) {
+        tame_selector_job_free(job);
+        return TAME_E_CORRUPT;
+    }
+    *ret = job;
+    return 0;
+}
+
 int tame_selector_job_run(struct tame_selector_job *job)
 {
     /* The selector trains with its own learning rate (plain softmax head). */
