@@ -483,7 +483,7 @@ void serve_checkpoint_save(struct serve_model *m, struct tame_wbuf *w)
     pthread_mutex_lock(&m->mu);
     int n = m->jobs_out;
     struct tame_selector_job **jobs = malloc((size_t)(n ? n : 1) * sizeof(*jobs));
-    if (jobs) memcpy(jobs, m->out, (size_t)n * sizeof(*jobs));
+    if (jobs && n) memcpy(jobs, m->out, (size_t)n * sizeof(*jobs));
     pthread_mutex_unlock(&m->mu);
     if (!jobs && !w->err) w->err = TAME_E_NOMEM;
     tame_wbuf_u32(w, (uint32_t)n);
@@ -648,9 +648,11 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
     m->q_samples -= samples;
     m->q_marks -= marks;
     /* Installed in the order taken: the first `installed` of out[]. */
-    for (int k = 0; k < installed; k++) tame_selector_job_free(m->out[k]);
-    memmove(m->out, m->out + installed, (size_t)(m->jobs_out - installed) * sizeof(*m->out));
-    m->jobs_out -= installed;
+    if (installed) {
+        for (int k = 0; k < installed; k++) tame_selector_job_free(m->out[k]);
+        memmove(m->out, m->out + installed, (size_t)(m->jobs_out - installed) * sizeof(*m->out));
+        m->jobs_out -= installed;
+    }
     if (items) pthread_cond_broadcast(&m->room_cv);
     if (n_ev) serve_append_events_locked(m, ev, n_ev);
     struct serve_view_ref *old = NULL;
