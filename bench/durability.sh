@@ -4,13 +4,15 @@
 #      Fashion-MNIST, 1 epoch) into tamed with durability normal and full, and
 #      into the in-memory daemon of the previous issue (commit 4a1004e, built
 #      in a git worktree): samples/s, RUNS runs each, interleaved;
+#      and the same with two clients streaming two models at once (PARTS
+#      "ingest2"): the sum of their samples/s;
 #   2. restart-to-ready of a model with 20 experts of the default network and
 #      a full selector buffer (Permuted, 20 tasks, 1 epoch), after SIGTERM
 #      (checkpointed: nothing to replay);
 #   3. restart-to-ready after SIGKILL with the largest replay backlog the
 #      default cadence allows (Split, 2 epochs = 938 batches, under the 1000
 #      of --checkpoint-batches: all of it replayed).
-# Usage: [PARTS="ingest ready"] bench/durability.sh [BUILD_DIR] [RUNS]
+# Usage: [PARTS="ingest ingest2 ready"] bench/durability.sh [BUILD_DIR] [RUNS]
 set -eu
 build=${1:-build}
 runs=${2:-3}
@@ -43,14 +45,26 @@ ready_after() { # ready_after ARGS...: $ready = seconds from exec to /readyz 200
   ready=$(echo "$t0 $t1" | awk '{printf "%.3f", $2 - $1}')
 }
 
-parts=${PARTS:-ingest ready}
-case " $parts " in *" ingest "*) ;; *) skip_ingest=1 ;; esac
+ingest2() { # ingest2 LABEL: two clients, two models, at once; print the sum
+  "$build/tame-eval" --quiet --epochs 1 --seed 1 --json "$tmp/i1.json" --url http://127.0.0.1:$port > /dev/null &
+  c1=$!
+  "$build/tame-eval" --quiet --epochs 1 --seed 2 --json "$tmp/i2.json" --url http://127.0.0.1:$port > /dev/null
+  wait $c1
+  sps=$(cat "$tmp/i1.json" "$tmp/i2.json" | sed -n 's/.*"samples_per_second": \([0-9.]*\).*/\1/p' | awk '{s += $1} END {print s}')
+  echo "$1 $sps" | tee -a "$out/durability-ingest2.txt"
+}
+
+parts=${PARTS:-ingest ingest2 ready}
+case " $parts " in *" ingest "*|*" ingest2 "*) ;; *) skip_ingest=1 ;; esac
 
 if [ -z "${skip_ingest:-}" ]; then
 # The in-memory daemon of the previous issue.
 git worktree add --force --detach "$tmp-mem" 4a1004e > /dev/null 2>&1
 (cd "$tmp-mem" && meson setup b --buildtype=release > /dev/null && ninja -C b tamed > /dev/null)
 mem="$tmp-mem/b/tamed"
+fi
+
+case " $parts " in *" ingest "*)
 
 : > "$out/durability-ingest.txt"
 for r in $(seq "$runs"); do
@@ -64,7 +78,19 @@ for r in $(seq "$runs"); do
   ingest full; stop
 done
 awk '{s[$1] = s[$1] " " $2} END {for (k in s) print k ":" s[k]}' "$out/durability-ingest.txt"
-fi
+;; esac
+
+case " $parts " in *" ingest2 "*)
+: > "$out/durability-ingest2.txt"
+for r in $(seq "$runs"); do
+  start "$mem" --workers 2 --step-threads 1
+  ingest2 memory; stop
+  rm -f "$tmp"/d.db*
+  start "$build/tamed" --db "$tmp/d.db" --workers 2 --step-threads 1
+  ingest2 normal; stop
+done
+awk '{s[$1] = s[$1] " " $2} END {for (k in s) print k ":" s[k]}' "$out/durability-ingest2.txt"
+;; esac
 : > "$out/durability-ready.txt"
 case " $parts " in *" ready "*) ;; *) exit 0 ;; esac
 

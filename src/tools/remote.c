@@ -95,6 +95,20 @@ static void out_floats(struct remote *r, const float *x, int n)
 
 static long request(struct remote *r, const char *method, const char *path, const char *body, size_t len);
 
+/* A write the daemon may shed (429: the model's queue is full) or not yet
+ * take (503: a model replaying its log, the disk full): retry, for up to a
+ * minute; every other status is final. */
+static long request_retry(struct remote *r, const char *method, const char *path, const char *body, size_t len)
+{
+    for (int waited_ms = 0;;) {
+        long st = request(r, method, path, body, len);
+        if ((st != 429 && st != 503) || waited_ms > 60000) return st;
+        int ms = st == 429 ? 2 : 100; /* the learner is behind; the disk or a replay takes longer */
+        usleep((useconds_t)ms * 1000);
+        waited_ms += ms;
+    }
+}
+
 static void *sender_main(void *arg)
 {
     struct remote *r = arg;
@@ -103,16 +117,8 @@ static void *sender_main(void *arg)
         while (!r->busy && !r->stop) pthread_cond_wait(&r->cv, &r->mu);
         if (!r->busy) break;
         pthread_mutex_unlock(&r->mu);
-        int rc = 0;
-        for (;;) {
-            long st = request(r, "POST", r->send_path, (const char *)r->send.data, r->send.len);
-            if (st == 200) break;
-            if (st != 429) {
-                rc = TAME_E_IO;
-                break;
-            }
-            usleep(2000); /* the queue is full: the learner is behind */
-        }
+        int rc = request_retry(r, "POST", r->send_path, (const char *)r->send.data, r->send.len) == 200 ? 0
+                                                                                                     : TAME_E_IO;
         pthread_mutex_lock(&r->mu);
         if (rc && !r->send_rc) r->send_rc = rc;
         r->busy = false;
@@ -277,7 +283,7 @@ int remote_flush(struct remote *r, const char *name)
     if (sender_sync(r) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s/flush", name);
-    return request(r, "POST", path, "{}", 2) == 200 ? 0 : TAME_E_IO;
+    return request_retry(r, "POST", path, "{}", 2) == 200 ? 0 : TAME_E_IO;
 }
 
 int remote_retrain_selector(struct remote *r, const char *name)
@@ -292,7 +298,7 @@ int remote_retrain_selector(struct remote *r, const char *name)
     json_decref(m);
     if (experts < 2) return 0;
     snprintf(path, sizeof(path), "/v1/models/%s/selector", name);
-    if (request(r, "POST", path, "{}", 2) != 202) return TAME_E_IO;
+    if (request_retry(r, "POST", path, "{}", 2) != 202) return TAME_E_IO;
     snprintf(path, sizeof(path), "/v1/models/%s", name);
     for (;;) {
         m = request_json(r, "GET", path, NULL, 200);
