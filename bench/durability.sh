@@ -12,7 +12,9 @@
 #   3. restart-to-ready after SIGKILL with the largest replay backlog the
 #      default cadence allows (Split, 2 epochs = 938 batches, under the 1000
 #      of --checkpoint-batches: all of it replayed).
-# Usage: [PARTS="ingest ingest2 ready"] bench/durability.sh [BUILD_DIR] [RUNS]
+# Usage: [PARTS="ingest ingest2 ready"] [STREAM="--stream rotated --tasks 2"] bench/durability.sh [BUILD_DIR] [RUNS]
+# (STREAM: tame-eval's stream for part 1; rotated images have thousands of
+# distinct values per request, so their log records stay float32)
 set -eu
 build=${1:-build}
 runs=${2:-3}
@@ -31,8 +33,9 @@ start() { # start BINARY ARGS...: tamed in the background, wait until it listens
   until curl -s -o /dev/null http://127.0.0.1:$port/livez; do sleep 0.01; done
 }
 stop() { kill "$pid"; wait "$pid" || true; pid=; }
+stream=${STREAM:---stream split}
 ingest() { # ingest LABEL: stream, print samples/s
-  "$build/tame-eval" --quiet --epochs 1 --json "$tmp/ingest.json" --url http://127.0.0.1:$port > /dev/null
+  "$build/tame-eval" --quiet --epochs 1 $stream --json "$tmp/ingest.json" --url http://127.0.0.1:$port > /dev/null
   sps=$(sed -n 's/.*"samples_per_second": \([0-9.]*\).*/\1/p' "$tmp/ingest.json")
   echo "$1 $sps" | tee -a "$out/durability-ingest.txt"
 }

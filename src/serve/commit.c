@@ -8,6 +8,7 @@
  * writable again, and a thread that folds the WAL back into the database so
  * commits never do. */
 #include "serve_internal.h"
+#include "logcodec.h"
 
 #include "tame/log.h"
 
@@ -64,10 +65,15 @@ static int do_samples(struct serve *s, struct op *op)
         x = cx;
         y = cy;
     }
-    /* Little-endian float32 and int32: the layout in memory on every target
-     * tamed builds for (x86-64, aarch64). */
-    int rc = store_log_append(s->store, m->id, op->pos, STORE_SAMPLES, (uint32_t)op->kept, x,
-                              (size_t)op->kept * d * sizeof(float), y, (size_t)op->kept * sizeof(int32_t));
+    /* x as logcodec.h says; y little-endian int32, the layout in memory on
+     * every target tamed builds for (x86-64, aarch64). */
+    struct tame_wbuf enc;
+    tame_wbuf_init(&enc);
+    log_x_encode(x, (size_t)op->kept * d, &enc);
+    int rc = enc.err ? enc.err
+                     : store_log_append(s->store, m->id, op->pos, STORE_SAMPLES, (uint32_t)op->kept, enc.data, enc.len,
+                                        y, (size_t)op->kept * sizeof(int32_t));
+    tame_wbuf_done(&enc);
     free(cx);
     free(cy);
     if (!rc) m->log_end += (uint64_t)op->kept;

@@ -4,6 +4,7 @@
  * where the ordinary workers train it: a replay runs exactly the code the
  * original run did, in the same order, so it ends in the same state. */
 #include "serve_internal.h"
+#include "logcodec.h"
 
 #include "tame/log.h"
 
@@ -126,9 +127,16 @@ static int replay_record(void *arg, const struct store_record *rec)
     struct replay_ctx *c = arg;
     struct serve_model *m = c->m;
     const int d = m->p.input_dim;
-    if (rec->kind == STORE_SAMPLES &&
-        (rec->x_len != (size_t)rec->items * d * sizeof(float) || rec->y_len != (size_t)rec->items * sizeof(int32_t)))
-        return TAME_E_CORRUPT;
+    float *x = NULL;
+    if (rec->kind == STORE_SAMPLES) {
+        if (rec->y_len != (size_t)rec->items * sizeof(int32_t)) return TAME_E_CORRUPT;
+        x = malloc((size_t)rec->items * d * sizeof(float));
+        if (!x) return TAME_E_NOMEM;
+        if (log_x_decode(rec->x, rec->x_len, (size_t)rec->items * d, x) != 0) {
+            free(x);
+            return TAME_E_CORRUPT;
+        }
+    }
     uint32_t skip = rec->pos < c->from ? (uint32_t)(c->from - rec->pos) : 0;
     for (uint32_t i = skip; i < rec->items; i++) {
         pthread_mutex_lock(&m->mu);
@@ -136,15 +144,17 @@ static int replay_record(void *arg, const struct store_record *rec)
             pthread_cond_wait(&m->room_cv, &m->mu);
         if (m->deleted || atomic_load(&m->s->load_stop)) {
             pthread_mutex_unlock(&m->mu);
+            free(x);
             return TAME_E_STATE;
         }
         int slot = (m->q_head + m->q_len) % m->q_cap;
         if (rec->kind == STORE_SAMPLES) {
-            memcpy(m->qx + (size_t)slot * d, (const float *)rec->x + (size_t)i * d, (size_t)d * sizeof(float));
+            memcpy(m->qx + (size_t)slot * d, x + (size_t)i * d, (size_t)d * sizeof(float));
             int32_t y;
             memcpy(&y, (const char *)rec->y + (size_t)i * sizeof(int32_t), sizeof(y));
             if (y < 0 || y >= m->p.classes) {
                 pthread_mutex_unlock(&m->mu);
+                free(x);
                 return TAME_E_CORRUPT;
             }
             m->qy[slot] = y;
@@ -158,6 +168,7 @@ static int replay_record(void *arg, const struct store_record *rec)
         pthread_mutex_unlock(&m->mu);
         if (ready) serve_kick(m->s);
     }
+    free(x);
     c->from = rec->pos + rec->items;
     return 0;
 }

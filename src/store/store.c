@@ -7,10 +7,11 @@
  *   log(model_id, pos, items, kind, x BLOB, y BLOB, crc), UNIQUE(model_id, pos)
  *       The sample log: every acknowledged request, in acknowledged order.  A
  *       model's input is a sequence of items; a record holds `items` of them
- *       starting at item `pos`.  kind 0 = samples: x is items x input_dim
- *       float32, y items int32, both little-endian; kind 1 = flush (train the
+ *       starting at item `pos`.  kind 0 = samples: x holds items x input_dim
+ *       floats (encoded), y items int32 little-endian; kind 1 = flush (train the
  *       partial batch) and kind 2 = selector (retrain it now) are one item
- *       with no x or y.  crc = CRC-32 of the kind byte, x, then y.
+ *       with no x or y.  crc = CRC-32 of the kind byte, x, then y.  (x is
+ *       opaque here: serve/logcodec.h writes it, float32 or a palette.)
  *   checkpoints(model_id PRIMARY KEY, pos, state BLOB, crc, created_at)
  *       One per model: the model after consuming items [0, pos), replaced
  *       in one transaction (layout: serve/serve.c, "checkpoint blobs").
