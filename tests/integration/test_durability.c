@@ -436,14 +436,7 @@ START_TEST(a_full_disk_gets_503_never_an_ack_and_recovers_by_itself)
     /* Space again: ready and ingesting within a few seconds, with no help. */
     lim.rlim_cur = hard;
     ck_assert_int_eq(prlimit(d.pid, RLIMIT_FSIZE, &lim, NULL), 0);
-    long status = 0;
-    for (int i = 0; i < 100 && status != 200; i++) {
-        usleep(100000);
-        struct reply x = call(d.port, "GET", "/readyz", NULL);
-        status = x.status;
-        free(x.body);
-    }
-    ck_assert_int_eq(status, 200);
+    wait_ready(&d);
     char *body = id_body(&r, 0, 32, "c9-", c.next);
     json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
     for (int k = 0; k < 32; k++) {
@@ -670,14 +663,7 @@ START_TEST(a_read_only_database_serves_predictions_and_refuses_samples_until_wri
     json_decref(m);
     /* Writable again: ingestion returns by itself. */
     ck_assert_int_eq(chmod(d.db, 0644), 0);
-    long status = 0;
-    for (int i = 0; i < 100 && status != 200; i++) {
-        usleep(100000);
-        struct reply x = call(d.port, "GET", "/readyz", NULL);
-        status = x.status;
-        free(x.body);
-    }
-    ck_assert_int_eq(status, 200);
+    wait_ready(&d);
     json_t *ok = call_json(d.port, "POST", "/v1/models/m/samples", body, 200);
     ck_assert_int_eq((int)jnum(ok, "accepted"), 32);
     json_decref(ok);
@@ -812,14 +798,7 @@ START_TEST(a_size_cap_gets_503_and_checkpoints_make_room_again)
     json_decref(call_json(d.port, "POST", "/v1/models/m/predict", probe, 200));
     /* The next checkpoint reuses its predecessor's pages and the log below
      * it is deleted: room again, without help. */
-    long status = 0;
-    for (int i = 0; i < 200 && status != 200; i++) {
-        usleep(100000);
-        struct reply x = call(d.port, "GET", "/readyz", NULL);
-        status = x.status;
-        free(x.body);
-    }
-    ck_assert_msg(status == 200, "no room came back (see %s)", d.log_path);
+    wait_ready(&d);
     char *body = id_body(&r, 0, 200, "cap", next);
     json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
     free(body);
