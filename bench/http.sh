@@ -10,7 +10,7 @@ epochs=${2:-1}
 out=bench/out
 mkdir -p "$out"
 db=$(mktemp -d)
-"$build/tamed" --listen 127.0.0.1:18181 --db "$db/tamed.db" --workers 1 --step-threads 1 --http-threads 2 \
+"$build/tamed" --listen 127.0.0.1:18181 --db "$db/tamed.db" --workers 1 --step-threads 1 ${TAMED_ARGS:---http-threads 2} \
   > "$out/tamed-bench.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$db"' EXIT
@@ -26,13 +26,18 @@ b = gzip.open('/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz').rea
 open('bench/out/predict-body.json', 'w').write(json.dumps({'x': [[v / 255 for v in b]]}))
 PY
 # A second model keeps training while wrk predicts from the first.
-"$build/tame-eval" --quiet --epochs 3 --seed 2 --url http://127.0.0.1:18181 > /dev/null &
+# (30 epochs: it must outlast both wrk runs, or they measure an idle daemon.)
+"$build/tame-eval" --quiet --epochs 30 --seed 2 --url http://127.0.0.1:18181 > /dev/null &
 feeder=$!
 sleep 1
 for c in 1 64; do
   echo "== predict, $c connections"
   t=2; [ "$c" -eq 1 ] && t=1
+  kill -0 $feeder || { echo "the feeding stream ended early"; exit 1; }
+  t0=$(curl -s http://127.0.0.1:18181/v1/models/tame-eval-split-2 | sed 's/.*"samples_trained":\([0-9]*\).*/\1/')
   wrk -t $t -c $c -d 10s --latency -s bench/predict.lua \
     http://127.0.0.1:18181/v1/models/tame-eval-split-1/predict | tee "$out/wrk-$c.txt"
+  t1=$(curl -s http://127.0.0.1:18181/v1/models/tame-eval-split-2 | sed 's/.*"samples_trained":\([0-9]*\).*/\1/')
+  echo "meanwhile the other model trained $((t1 - t0)) samples"
 done
 kill $feeder 2>/dev/null || true

@@ -26,7 +26,7 @@ struct settings {
     char durability[16];
     long body_max_bytes, connections_max, per_ip_max, idle_timeout_s, http_threads, workers,
         step_threads, queue_samples, models_max, input_dim_max, classes_max, hidden_max, hidden_layers_max,
-        experts_max, batch_max, checkpoint_batches, checkpoint_seconds, ids_keep, db_max_mb;
+        experts_max, batch_max, checkpoint_batches, checkpoint_seconds, ids_keep, db_max_mb, train_nice;
 };
 
 enum stype { S_STR, S_LONG };
@@ -56,6 +56,7 @@ static const struct setting {
     LNG(http_threads, 1, 256, "2", "HTTP threads"),
     LNG(workers, 1, 256, "2", "learner worker threads (size to the cores)"),
     LNG(step_threads, 1, 2, "1", "threads per learner step (1 keeps workers independent)"),
+    LNG(train_nice, 0, 19, "10", "nice of the learner and selector threads: requests come first"),
     LNG(queue_samples, 1, 1L << 24, "8192", "per-model queue, samples; 429 when full"),
     LNG(models_max, 1, 100000, "64", "models per daemon"),
     LNG(input_dim_max, 1, 65536, "65536", "largest input_dim of a model"),
@@ -285,6 +286,7 @@ int main(int argc, char **argv)
     scfg.checkpoint_seconds = (double)st.checkpoint_seconds;
     scfg.ids_keep = (uint64_t)st.ids_keep;
     scfg.synchronous = so.sync == STORE_SYNC_FULL ? 2 : 1;
+    scfg.train_nice = (int)st.train_nice;
     /* Fault injection for the durability tests only; not a setting. */
     const char *stall = getenv("TAMED_TEST_CHECKPOINT_PAUSE_MS");
     scfg.test_checkpoint_pause_ms = stall ? atoi(stall) : 0;

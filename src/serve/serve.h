@@ -37,6 +37,7 @@ struct serve_config {
     uint64_t ids_keep;         /* remember sample ids of at least this many last items */
     int synchronous;           /* SQLite's synchronous level in force (1 NORMAL, 2 FULL), for metrics */
     int test_checkpoint_pause_ms; /* tests only: stall inside each checkpoint transaction */
+    int train_nice;            /* nice of learner and selector threads (0..19) */
 };
 
 struct serve;

@@ -8,6 +8,7 @@
 
 #include <check.h>
 #include <curl/curl.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -519,6 +520,56 @@ static void *feed_until_refused(void *arg)
     return NULL;
 }
 
+/* Nice values of tamed's threads, by name ("tamed" = learner workers and
+ * the selector thread among others; "MHD-worker" = HTTP). */
+static void thread_nices(pid_t pid, int *max_tamed, int *max_http)
+{
+    *max_tamed = *max_http = -100;
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[400], line[512];
+        snprintf(path, sizeof(path), "%s/%s/stat", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        if (fgets(line, sizeof(line), f)) {
+            char *close = strrchr(line, ')'); /* comm may hold spaces */
+            int nice = 0;
+            /* after ") ": state, then fields 4..19; nice is field 19 */
+            if (close && sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %d",
+                                &nice) == 1) {
+                if (strstr(line, "(MHD-worker)")) *max_http = nice > *max_http ? nice : *max_http;
+                else *max_tamed = nice > *max_tamed ? nice : *max_tamed;
+            }
+        }
+        fclose(f);
+    }
+    closedir(d);
+}
+
+START_TEST(training_threads_run_below_the_http_threads)
+{
+    const char *extra[] = {"--train-nice", "7", NULL};
+    struct daemon d;
+    daemon_start(&d, extra);
+    int t, h;
+    /* Threads name themselves once running: give them a moment. */
+    for (int i = 0; i < 200; i++) {
+        thread_nices(d.pid, &t, &h);
+        if (t == 7 && h != -100) break;
+        usleep(10000);
+    }
+    ck_assert_int_eq(t, 7);  /* the learner workers and the selector thread */
+    ck_assert_int_eq(h, 0);  /* requests first */
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 START_TEST(sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample)
 {
     struct daemon d;
@@ -580,6 +631,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, every_path_of_the_openapi_contract_is_served);
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
     tcase_add_test(tc, sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample);
+    tcase_add_test(tc, training_threads_run_below_the_http_threads);
     suite_add_tcase(s, tc);
     int rc = check_run(s);
     unlink(token_path);
