@@ -302,7 +302,7 @@ static void commit_batch(struct serve *s, struct op *ops)
     pthread_mutex_unlock(&s->commit_mu);
 }
 
-/* ---- folding the WAL back, beside the committer ---- */
+/* ---- folding the WAL back, beside the commits ---- */
 
 #define FOLD_RESTART_FRAMES 1024 /* 64 MiB of 64 KiB pages: start the WAL over */
 
@@ -350,7 +350,7 @@ static void *probe_main(void *arg)
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 1;
-        pthread_cond_timedwait(&s->commit_cv, &s->commit_mu, &until);
+        pthread_cond_timedwait(&s->probe_cv, &s->commit_mu, &until);
         if (s->commit_stop || s->leader || s->ops_head) continue;
         s->leader = true;
         bool degraded = s->stats.degraded;
@@ -421,7 +421,7 @@ int serve_commit_start(struct serve *s)
         TAME_LOG(TAME_LOG_ERROR, "database is read-only: serving predictions, refusing samples until it is writable",
                  "db=%s", s->cfg.db_path);
     }
-    if (pthread_create(&s->commit_thread, NULL, probe_main, s) != 0) return TAME_E_NOMEM;
+    if (pthread_create(&s->probe_thread, NULL, probe_main, s) != 0) return TAME_E_NOMEM;
     s->commit_started = true;
     if (pthread_create(&s->fold_thread, NULL, fold_main, s) == 0) s->fold_started = true;
     return 0;
@@ -432,10 +432,10 @@ void serve_commit_stop(struct serve *s)
     if (!s->commit_started) return;
     pthread_mutex_lock(&s->commit_mu);
     s->commit_stop = true;
-    pthread_cond_broadcast(&s->commit_cv);
+    pthread_cond_broadcast(&s->probe_cv);
     while (s->leader) pthread_cond_wait(&s->commit_done_cv, &s->commit_mu);
     pthread_mutex_unlock(&s->commit_mu);
-    pthread_join(s->commit_thread, NULL);
+    pthread_join(s->probe_thread, NULL);
     s->commit_started = false;
     if (s->fold_started) pthread_cond_broadcast(&s->fold_cv), pthread_join(s->fold_thread, NULL);
     s->fold_started = false;

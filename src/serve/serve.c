@@ -1,5 +1,5 @@
 /* serve.c: see serve.h.  The registry, the published views, the learner
- * workers, the selector thread and checkpoints; the committer is in
+ * workers, the selector thread and checkpoints; group commit is in
  * commit.c and loading in recover.c (locks: serve_internal.h).  A model's
  * learner is touched only by the worker that set it busy. */
 #include "serve_internal.h"
@@ -770,7 +770,7 @@ int serve_new(const struct serve_config *cfg, struct serve **ret, char *why, siz
     pthread_mutex_init(&s->commit_mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     pthread_cond_init(&s->sel_cv, NULL);
-    pthread_cond_init(&s->commit_cv, NULL);
+    pthread_cond_init(&s->probe_cv, NULL);
     pthread_cond_init(&s->commit_done_cv, NULL);
     pthread_cond_init(&s->fold_cv, NULL);
     atomic_init(&s->replaying, 0);
@@ -851,7 +851,7 @@ void serve_free(struct serve *s)
     pthread_mutex_destroy(&s->commit_mu);
     pthread_cond_destroy(&s->work_cv);
     pthread_cond_destroy(&s->sel_cv);
-    pthread_cond_destroy(&s->commit_cv);
+    pthread_cond_destroy(&s->probe_cv);
     pthread_cond_destroy(&s->commit_done_cv);
     pthread_cond_destroy(&s->fold_cv);
     free(s);

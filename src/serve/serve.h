@@ -2,9 +2,9 @@
  * serve.h: the models a daemon serves, between HTTP and the engine.
  *
  * Data flows one way: a request's samples are committed to the sample log
- * (store/) by one committer thread that groups concurrent requests into one
- * transaction, and only then appended to the model's queue and
- * acknowledged.  A pool of learner workers, sized to the cores, takes a model
+ * (store/) by group commit (one thread at a time commits every request
+ * queued, in one transaction), and only then appended to the model's queue
+ * and acknowledged.  A pool of learner workers, sized to the cores, takes a model
  * with a full batch, steps its learner (only the worker holding a model
  * touches its learner), and publishes an immutable, reference-counted view
  * (prediction snapshot, learner info, events); predictions read the latest

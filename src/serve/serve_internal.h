@@ -1,9 +1,10 @@
 /* serve_internal.h: what serve.c (registry, workers, selector thread),
- * commit.c (the group committer) and recover.c (loading and replay) share.
+ * commit.c (group commit) and recover.c (loading and replay) share.
  *
  * Locks: `s->mu` guards the registry and the scheduling flags of every model
  * (busy); `m->mu` guards a model's queue, view pointer, events, counters and
- * selector hand-offs; `s->commit_mu` guards the committer's request list.
+ * selector hand-offs; `s->commit_mu` guards the list of requests to commit
+ * and who leads.
  * Order: s->mu before m->mu; commit_mu is never held with either. */
 #ifndef TAME_SERVE_INTERNAL_H
 #define TAME_SERVE_INTERNAL_H
@@ -72,7 +73,7 @@ struct serve_view_ref {
     atomic_int refs;
 };
 
-/* ---- the committer's requests ---- */
+/* ---- requests to commit ---- */
 enum op_kind { OP_SAMPLES, OP_MARK, OP_CREATE, OP_DELETE, OP_CHECKPOINT };
 
 struct op {
@@ -84,7 +85,7 @@ struct op {
     const char *const *ids;
     const size_t *id_lens;
     int n;
-    uint8_t *dup;            /* [n], set by the committer */
+    uint8_t *dup;            /* [n], set when committed */
     int kept;
     /* OP_MARK */
     enum store_kind mark;
@@ -119,12 +120,12 @@ struct serve {
     bool sel_started, sel_stop;
     pthread_cond_t sel_cv;
     struct serve_job *sel_head, *sel_tail;
-    /* committer (guarded by commit_mu) */
-    pthread_t commit_thread; /* the prober */
+    /* group commit (guarded by commit_mu) */
+    pthread_t probe_thread;  /* retries a failed database, trims when idle */
     bool leader;             /* a thread is committing (it owns the write connection) */
     bool commit_started, commit_stop;
     pthread_mutex_t commit_mu;
-    pthread_cond_t commit_cv, commit_done_cv;
+    pthread_cond_t probe_cv, commit_done_cv;
     struct op *ops_head, *ops_tail;
     struct serve_store_stats stats;
     /* WAL folding (guarded by commit_mu) */
@@ -141,7 +142,8 @@ struct serve {
 /* commit.c */
 int serve_commit_start(struct serve *s);
 void serve_commit_stop(struct serve *s);
-/* Hand op to the committer and wait until it is committed (op->rc). */
+/* Queue op and return once it is committed, leading the commit if no one
+ * else does (op->rc). */
 int serve_commit(struct serve *s, struct op *op);
 
 /* serve.c */
