@@ -363,6 +363,61 @@ START_TEST(save_load_continue_equals_never_saving)
 }
 END_TEST
 
+/* A checkpoint holds a selector job in flight as its inputs: run after a
+ * restart, it trains and installs the same selector as the original. */
+START_TEST(a_saved_selector_job_trains_the_same_selector)
+{
+    struct tame_params p = test_params(6);
+    struct tame_learner *a;
+    ck_assert_int_eq(tame_learner_new(&p, &a), 0);
+    struct tame_rng r;
+    tame_rng_seed(&r, 501);
+    struct run ra = {0};
+    stream_part(a, &r, 0, 1000, &ra);
+    struct tame_selector_job *job;
+    ck_assert_int_eq(tame_selector_job_new(a, &job), 0);
+    /* The state a checkpoint writes: the learner after taking the job, and
+     * the job's inputs. */
+    struct tame_wbuf w;
+    tame_wbuf_init(&w);
+    tame_learner_save(a, &w);
+    size_t learner_len = w.len;
+    tame_selector_job_save(job, &w);
+    ck_assert_int_eq(w.err, 0);
+    struct tame_rbuf rb;
+    tame_rbuf_init(&rb, w.data, w.len);
+    struct tame_learner *b;
+    struct tame_selector_job *again;
+    ck_assert_int_eq(tame_learner_load(&rb, &b), 0);
+    ck_assert_int_eq(tame_selector_job_load(&rb, &p, &again), 0);
+    ck_assert_uint_eq(tame_rbuf_left(&rb), 0);
+    ck_assert_int_eq(tame_selector_job_run(job), 0);
+    ck_assert_int_eq(tame_selector_job_run(again), 0);
+    ck_assert_int_eq(tame_learner_install_selector(a, job), 0);
+    ck_assert_int_eq(tame_learner_install_selector(b, again), 0);
+    predictions_equal(a, b);
+    /* Damage is refused: the magic, then a tag past the expert count. */
+    uint8_t *bad = malloc(w.len);
+    memcpy(bad, w.data, w.len);
+    bad[learner_len] ^= 1;
+    tame_rbuf_init(&rb, bad + learner_len, w.len - learner_len);
+    struct tame_selector_job *none = NULL;
+    ck_assert_int_eq(tame_selector_job_load(&rb, &p, &none), TAME_E_CORRUPT);
+    memcpy(bad, w.data, w.len);
+    bad[w.len - 4] = 0x7f; /* the last tag (little-endian) becomes 127 */
+    tame_rbuf_init(&rb, bad + learner_len, w.len - learner_len);
+    ck_assert_int_eq(tame_selector_job_load(&rb, &p, &none), TAME_E_CORRUPT);
+    ck_assert_ptr_null(none);
+    free(bad);
+    tame_wbuf_done(&w);
+    tame_selector_job_free(job);
+    tame_selector_job_free(again);
+    free(ra.ev);
+    tame_learner_free(a);
+    tame_learner_free(b);
+}
+END_TEST
+
 START_TEST(two_threads_give_bit_identical_results)
 {
     struct tame_params p = test_params(6);
@@ -727,6 +782,7 @@ int main(void)
     tcase_add_test(tc, recurring_task_reuses_its_expert_and_new_task_spawns);
     tcase_add_test(tc, three_task_stream_three_experts_and_routing_over_95_percent);
     tcase_add_test(tc, save_load_continue_equals_never_saving);
+    tcase_add_test(tc, a_saved_selector_job_trains_the_same_selector);
     tcase_add_test(tc, two_threads_give_bit_identical_results);
     tcase_add_test(tc, corrupt_state_is_refused);
     tcase_add_test(tc, same_seed_same_events_other_seed_other_weights);
