@@ -10,7 +10,9 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,8 +188,20 @@ static int healthcheck(const char *host, int port)
     return got > 12 && !strncmp(resp + 9, "200", 3) ? 0 : 1;
 }
 
+/* SIGTERM/SIGINT may be handled on any thread (OpenBLAS starts threads
+ * before main), so main does not pause() for it: the handler writes the
+ * signal to a pipe that main blocks on (no lost wake-up either). */
 static volatile sig_atomic_t stop_signal;
-static void on_signal(int sig) { stop_signal = sig; }
+static int stop_pipe[2] = {-1, -1};
+static void on_signal(int sig)
+{
+    int saved = errno;
+    stop_signal = sig;
+    char c = (char)sig;
+    ssize_t n = write(stop_pipe[1], &c, 1); /* if the pipe is full, a stop is pending anyway */
+    (void)n;
+    errno = saved;
+}
 
 /* tamed backup PATH: SQLite's online backup, safe while a daemon writes. */
 static int backup(const char *db, const char *dst)
@@ -252,6 +266,10 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN); /* a file-size limit is a full disk (503), not a crash */
+    if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        fprintf(stderr, "tamed: cannot create the signal pipe\n");
+        return 1;
+    }
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
@@ -323,7 +341,11 @@ int main(int argc, char **argv)
     TAME_LOG(TAME_LOG_INFO, "listening", "addr=%s:%d db=%s auth=%s workers=%ld", host, http_port(hs), st.db,
              token[0] ? "bearer" : "none", st.workers);
 
-    while (!stop_signal) pause();
+    char sigc;
+    while (read(stop_pipe[0], &sigc, 1) != 1) { /* EINTR, or EAGAIN: wait for it */
+        struct pollfd pfd = {.fd = stop_pipe[0], .events = POLLIN};
+        poll(&pfd, 1, -1);
+    }
 
     TAME_LOG(TAME_LOG_INFO, "stopping", "signal=%d", (int)stop_signal);
     http_set_ready(hs, false);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -551,6 +552,33 @@ static void thread_nices(pid_t pid, int *max_tamed, int *max_http)
     closedir(d);
 }
 
+/* A process-directed signal may be handled on any thread; this one is sent
+ * to a thread other than main's, which used to leave main in pause() for
+ * good. */
+START_TEST(sigterm_handled_on_another_thread_still_stops_the_daemon)
+{
+    struct daemon d;
+    daemon_start(&d, NULL);
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)d.pid);
+    DIR *td = opendir(dir);
+    ck_assert_ptr_nonnull(td);
+    struct dirent *e;
+    pid_t other = 0;
+    while ((e = readdir(td)) && !other)
+        if (e->d_name[0] != '.' && atoi(e->d_name) != d.pid) other = (pid_t)atoi(e->d_name);
+    closedir(td);
+    ck_assert_int_gt(other, 0);
+    ck_assert_int_eq(syscall(SYS_tgkill, d.pid, other, SIGTERM), 0);
+    int st;
+    ck_assert_int_eq(waitpid(d.pid, &st, 0), d.pid); /* the suite's timeout catches a hang */
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ck_assert(daemon_log_has(&d, "msg=\"stopped\""));
+    d.pid = 0;
+    daemon_remove(&d);
+}
+END_TEST
+
 START_TEST(training_threads_run_below_the_http_threads)
 {
     const char *extra[] = {"--train-nice", "7", NULL};
@@ -632,6 +660,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
     tcase_add_test(tc, sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample);
     tcase_add_test(tc, training_threads_run_below_the_http_threads);
+    tcase_add_test(tc, sigterm_handled_on_another_thread_still_stops_the_daemon);
     suite_add_tcase(s, tc);
     int rc = check_run(s);
     unlink(token_path);
