@@ -355,20 +355,17 @@ static void *probe_main(void *arg)
         s->leader = true;
         bool degraded = s->stats.degraded;
         pthread_mutex_unlock(&s->commit_mu);
-        if (degraded) {
-            /* Deleting garbage may be what frees the space (a --db-max-mb
-             * cap: deletes go to the WAL, and the pages they free are
-             * reused). */
-            if (store_writable(s->store) && trim_pending(s) && store_begin(s->store) == 0) {
-                for (int k = 0; k < 8 && trim_some(s);) k++;
-                if (store_commit(s->store)) store_rollback(s->store);
-            }
-            int rc = store_writable(s->store) ? store_probe(s->store) : store_reopen(s->store);
-            if (!rc) set_degraded(s, false, NULL);
-        } else if (trim_pending(s) && store_begin(s->store) == 0) {
-            /* Idle: clear some garbage the checkpoints left. */
+        /* Idle: clear some garbage the checkpoints left.  When the
+         * database is full, that may be what frees the space (a
+         * --db-max-mb cap: deletes go to the WAL and the freed pages are
+         * reused), so it comes before the probe. */
+        if (store_writable(s->store) && trim_pending(s) && store_begin(s->store) == 0) {
             for (int k = 0; k < 8 && trim_some(s);) k++;
             if (store_commit(s->store)) store_rollback(s->store);
+        }
+        if (degraded) {
+            int rc = store_writable(s->store) ? store_probe(s->store) : store_reopen(s->store);
+            if (!rc) set_degraded(s, false, NULL);
         }
         pthread_mutex_lock(&s->commit_mu);
         s->leader = false;

@@ -85,7 +85,7 @@ static int load_model(void *arg, const struct store_model_row *row)
     struct tame_info info;
     tame_learner_info(m->learner, &info);
     m->q_pos = m->ckpt_pos = pos;
-    m->ckpt_batches = info.batches;
+    m->batches = m->ckpt_batches = info.batches;
     m->log_end = end;
     m->trim_pending = true; /* whatever a killed run left below the checkpoint */
     m->trim_log = pos;

@@ -234,10 +234,13 @@ int serve_names(struct serve *s, char ***ret_names, int *ret_n)
 
 /* ---- ingestion ---- */
 
+/* Something consumed since the last checkpoint, and checkpoint_batches
+ * batches or checkpoint_seconds passed (not while a failed one backs off). */
 static bool checkpoint_due_locked(const struct serve_model *m, double now)
 {
     return m->q_pos > m->ckpt_pos && !m->deleted && now >= m->ckpt_retry &&
-           now - m->ckpt_time >= m->s->cfg.checkpoint_seconds;
+           (m->batches - m->ckpt_batches >= m->s->cfg.checkpoint_batches ||
+            now - m->ckpt_time >= m->s->cfg.checkpoint_seconds);
 }
 
 bool serve_has_work_locked(const struct serve_model *m)
@@ -566,9 +569,7 @@ static void checkpoint(struct serve *s, struct serve_model *m)
     if (rc == 0) {
         m->ckpt_time = now;
         m->ckpt_retry = 0;
-        struct tame_info info;
-        tame_learner_info(m->learner, &info);
-        m->ckpt_batches = info.batches;
+        m->ckpt_batches = m->batches;
     } else {
         m->ckpt_retry = now + 1.0; /* not every round while the disk is full */
     }
@@ -672,9 +673,8 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
     struct serve_view_ref *old = NULL;
     if (view) old = m->view, m->view = view;
     double now = tame_now_s();
-    bool due = m->q_pos > m->ckpt_pos && !m->deleted && now >= m->ckpt_retry &&
-               (info.batches - m->ckpt_batches >= s->cfg.checkpoint_batches ||
-                now - m->ckpt_time >= s->cfg.checkpoint_seconds);
+    m->batches = info.batches;
+    bool due = checkpoint_due_locked(m, now);
     pthread_mutex_unlock(&m->mu);
     if (old) serve_view_put(&old->view);
     tame_free(ev);

@@ -57,6 +57,7 @@ struct serve_model {
     int jobs_out;            /* selector jobs taken and not yet installed... */
     struct tame_selector_job **out; /* ...in the order taken (inputs read-only) */
     int out_cap;
+    uint64_t batches;        /* learner batches after the last round */
     uint64_t ckpt_pos, ckpt_batches, checkpoints;
     double ckpt_time, ckpt_retry;
     /* owned by the committing leader */

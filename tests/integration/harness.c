@@ -147,14 +147,15 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
 }
 
 /* One request; content_type NULL = none; token NULL = none. */
-struct reply request(int port, const char *method, const char *path, const char *ctype,
-                            const char *body, size_t body_len, const char *token)
+/* One request; the curl result (the reply is filled only on CURLE_OK). */
+static CURLcode try_request(int port, const char *method, const char *path, const char *ctype, const char *body,
+                            size_t body_len, const char *token, struct reply *r)
 {
     CURL *c = curl_easy_init();
     char url[512];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
     struct buf b = {0};
-    struct reply r = {0};
+    memset(r, 0, sizeof(*r));
     struct curl_slist *hdr = NULL;
     char h1[128], h2[600];
     if (ctype) snprintf(h1, sizeof(h1), "Content-Type: %s", ctype), hdr = curl_slist_append(hdr, h1);
@@ -167,19 +168,35 @@ struct reply request(int port, const char *method, const char *path, const char 
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
     if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
     }
     CURLcode rc = curl_easy_perform(c);
-    ck_assert_msg(rc == CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror(rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    if (rc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     curl_slist_free_all(hdr);
     curl_easy_cleanup(c);
-    r.body = b.p ? b.p : strdup("");
+    r->body = b.p ? b.p : strdup("");
+    return rc;
+}
+
+struct reply request(int port, const char *method, const char *path, const char *ctype,
+                            const char *body, size_t body_len, const char *token)
+{
+    struct reply r;
+    CURLcode rc = try_request(port, method, path, ctype, body, body_len, token, &r);
+    ck_assert_msg(rc == CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror(rc));
     return r;
+}
+
+long post(int port, const char *path, const char *json)
+{
+    struct reply r;
+    CURLcode rc = try_request(port, "POST", path, "application/json", json, strlen(json), NULL, &r);
+    free(r.body);
+    return rc == CURLE_OK ? r.status : 0;
 }
 
 struct reply call(int port, const char *method, const char *path, const char *json)

@@ -55,6 +55,9 @@ struct reply {
 struct reply request(int port, const char *method, const char *path, const char *ctype, const char *body,
                      size_t body_len, const char *token);
 struct reply call(int port, const char *method, const char *path, const char *json);
+/* POST a JSON body from a feeding thread: the status, or 0 if the daemon did
+ * not answer (killed or stopped), which is not a test failure. */
+long post(int port, const char *path, const char *json);
 /* call, assert the status, parse the JSON reply. */
 json_t *call_json(int port, const char *method, const char *path, const char *json, long want);
 double jnum(json_t *o, const char *key);

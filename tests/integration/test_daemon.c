@@ -499,23 +499,9 @@ static void *feed_until_refused(void *arg)
     int task = 0;
     while (!f->stop) {
         char *body = samples_body(&r, task++ % 3, 96, false);
-        CURL *c = curl_easy_init();
-        char url[128];
-        snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/models/m/samples", f->port);
-        struct buf b = {0};
-        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-        long status = 0;
-        if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-        else f->stop = true; /* the daemon stopped listening */
+        long status = post(f->port, "/v1/models/m/samples", body);
+        if (status == 0) f->stop = true; /* the daemon stopped listening */
         if (status == 200) f->acked += 96;
-        curl_slist_free_all(h);
-        curl_easy_cleanup(c);
-        free(b.p);
         free(body);
     }
     return NULL;
