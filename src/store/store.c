@@ -371,7 +371,8 @@ void store_close(struct store *st)
 
 /* ---- verification ---- */
 
-static int verify_table(struct store *st, const char *sql, const char *what, char *why, size_t why_len)
+static int verify_table(struct store *st, const char *sql, const char *what, bool log_records, char *why,
+                        size_t why_len)
 {
     sqlite3_stmt *s;
     int rc = store_code(sqlite3_prepare_v2(st->db, sql, -1, &s, NULL));
@@ -379,20 +380,14 @@ static int verify_table(struct store *st, const char *sql, const char *what, cha
         snprintf(why, why_len, "cannot read %s: %s", what, sqlite3_errmsg(st->db));
         return rc;
     }
-    /* Columns: model, key, crc, then the blobs the crc covers (a leading
-     * integer column named kind is hashed as one byte). */
+    /* Columns: model, key, crc, then the blob (or, for log records, kind, x
+     * and y), checked the way they were written. */
     int r;
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        int ncol = sqlite3_column_count(s);
-        uint32_t crc = 0;
-        int first = 3;
-        if (!strcmp(sqlite3_column_name(s, 3), "kind")) {
-            uint8_t k = (uint8_t)sqlite3_column_int(s, 3);
-            crc = tame_crc32(0, &k, 1);
-            first = 4;
-        }
-        for (int c = first; c < ncol; c++)
-            crc = blob_crc(crc, sqlite3_column_blob(s, c), (size_t)sqlite3_column_bytes(s, c));
+        uint32_t crc = log_records ? record_crc(sqlite3_column_int(s, 3), sqlite3_column_blob(s, 4),
+                                                (size_t)sqlite3_column_bytes(s, 4), sqlite3_column_blob(s, 5),
+                                                (size_t)sqlite3_column_bytes(s, 5))
+                                   : blob_crc(0, sqlite3_column_blob(s, 3), (size_t)sqlite3_column_bytes(s, 3));
         if (crc != (uint32_t)sqlite3_column_int64(s, 2)) {
             snprintf(why, why_len, "%s of model %lld at %lld: checksum mismatch", what,
                      (long long)sqlite3_column_int64(s, 0), (long long)sqlite3_column_int64(s, 1));
@@ -421,12 +416,12 @@ int store_verify(struct store *st, char *why, size_t why_len)
                  r == SQLITE_ROW ? (const char *)sqlite3_column_text(s, 0) : sqlite3_errmsg(st->db));
     sqlite3_finalize(s);
     if (!ok) return TAME_E_CORRUPT;
-    rc = verify_table(st, "SELECT id, id, crc, params FROM models", "model parameters", why, why_len);
+    rc = verify_table(st, "SELECT id, id, crc, params FROM models", "model parameters", false, why, why_len);
     if (!rc)
-        rc = verify_table(st, "SELECT model_id, pos, crc, state FROM checkpoints", "checkpoint", why, why_len);
-    if (!rc) rc = verify_table(st, "SELECT model_id, seq, crc, event FROM events", "event", why, why_len);
+        rc = verify_table(st, "SELECT model_id, pos, crc, state FROM checkpoints", "checkpoint", false, why, why_len);
+    if (!rc) rc = verify_table(st, "SELECT model_id, seq, crc, event FROM events", "event", false, why, why_len);
     if (!rc)
-        rc = verify_table(st, "SELECT model_id, pos, crc, kind, x, y FROM log", "log record", why, why_len);
+        rc = verify_table(st, "SELECT model_id, pos, crc, kind, x, y FROM log", "log record", true, why, why_len);
     return rc;
 }
 
