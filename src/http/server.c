@@ -188,8 +188,13 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
         return TAME_E_INVAL;
     }
     json_object_seed(0); /* before any thread parses: randomised hashing */
+    /* poll(), not epoll: with a thread pool, libmicrohttpd 0.9.75's
+     * MHD_quiesce_daemon and each worker may both remove the listen socket
+     * from the worker's epoll set, and the loser aborts the process ("Failed
+     * to remove listen FD from epoll set"; seen once at SIGTERM in the
+     * tests).  With poll, quiescing only signals the workers. */
     h->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC, 0, NULL, NULL,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC, 0, NULL, NULL,
         on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_max,
