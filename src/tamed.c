@@ -26,7 +26,7 @@ struct settings {
     char token_file[1024];
     char log_level[16];
     char durability[16];
-    long body_max_bytes, connections_max, per_ip_max, idle_timeout_s, http_threads, workers,
+    long body_max_bytes, connections_max, per_ip_max, idle_timeout_s, http_threads, lane_threads, lane_nice, workers,
         step_threads, queue_samples, models_max, input_dim_max, classes_max, hidden_max, hidden_layers_max,
         experts_max, batch_max, checkpoint_batches, checkpoint_seconds, ids_keep, db_max_mb, train_nice;
 };
@@ -55,7 +55,9 @@ static const struct setting {
     LNG(connections_max, 1, 65536, "256", "simultaneous connections"),
     LNG(per_ip_max, 1, 65536, "64", "simultaneous connections from one address"),
     LNG(idle_timeout_s, 1, 3600, "30", "idle connection timeout, seconds"),
-    LNG(http_threads, 1, 256, "2", "HTTP threads"),
+    LNG(http_threads, 1, 256, "2", "HTTP threads: predictions and reads"),
+    LNG(lane_threads, 1, 256, "2", "threads for writes and large bodies (samples), off the HTTP threads"),
+    LNG(lane_nice, 0, 19, "0", "nice of the lane threads, against the HTTP threads"),
     LNG(workers, 1, 256, "2", "learner worker threads (size to the cores)"),
     LNG(step_threads, 1, 2, "1", "threads per learner step (1 keeps workers independent)"),
     LNG(train_nice, 0, 19, "10", "nice of the learner and selector threads: requests come first"),
@@ -324,6 +326,8 @@ int main(int argc, char **argv)
                                .per_ip_max = (int)st.per_ip_max,
                                .idle_timeout_s = (int)st.idle_timeout_s,
                                .threads = (int)st.http_threads,
+                               .lane_threads = (int)st.lane_threads,
+                               .lane_nice = (int)st.lane_nice,
                                .token = token[0] ? token : NULL,
                                .input_dim_max = (int)st.input_dim_max,
                                .classes_max = (int)st.classes_max,

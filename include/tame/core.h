@@ -138,6 +138,11 @@ size_t tame_rbuf_left(const struct tame_rbuf *r);
 
 uint32_t tame_crc32(uint32_t crc, const void *p, size_t n);
 
+/* ---- threads ----
+ * Name the calling thread (shown by top -H and in /proc; cut to 15 bytes)
+ * and lower its priority by `nice` (0: leave it). */
+void tame_thread_setup(const char *name, int nice);
+
 /* ---- numbers as text ---------------------------------------------------------
  * A finite float as a JSON number of at most 9 significant digits that parses
  * back to the same float: positional from 1e-5 to 1e9 ("0.00392156886",
@@ -145,6 +150,10 @@ uint32_t tame_crc32(uint32_t crc, const void *p, size_t n);
  * NUL; returns the length. */
 #define TAME_FLOAT_TEXT_MAX 16
 int tame_fmt_float(char *out, float f);
+/* The same with the fewest significant digits that still read back as f
+ * ("0.003921569" for 1/255): a few times slower, for callers that cache the
+ * text of repeated values (tame-eval's request bodies). */
+int tame_fmt_float_shortest(char *out, float f);
 
 /* ---- numbers ---- */
 /* 1 if the IEEE-754 single has an all-ones exponent (Inf or NaN).  Integer

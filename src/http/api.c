@@ -373,13 +373,13 @@ bad:
 
 /* ---- handlers ---- */
 
-static bool is_json(struct MHD_Connection *c)
+static bool is_json(struct http_req *c)
 {
-    const char *t = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    const char *t = c->content_type;
     return t && !strncasecmp(t, "application/json", 16) && (t[16] == 0 || t[16] == ';' || t[16] == ' ');
 }
 
-static json_t *parse_body_json(struct MHD_Connection *c, char *body, size_t len, struct num_pool *pool,
+static json_t *parse_body_json(struct http_req *c, char *body, size_t len, struct num_pool *pool,
                                int *ret)
 {
     if (!is_json(c)) {
@@ -402,7 +402,7 @@ static json_t *parse_body_json(struct MHD_Connection *c, char *body, size_t len,
 
 /* Parse a JSON body; with a pool (initialised here, and released here on
  * failure), numeric arrays go to it first. */
-static json_t *parse_body(struct MHD_Connection *c, char *body, size_t len, struct num_pool *pool, int *ret)
+static json_t *parse_body(struct http_req *c, char *body, size_t len, struct num_pool *pool, int *ret)
 {
     if (pool) num_pool_init(pool);
     json_t *doc = parse_body_json(c, body, len, pool, ret);
@@ -410,14 +410,14 @@ static json_t *parse_body(struct MHD_Connection *c, char *body, size_t len, stru
     return doc;
 }
 
-static int send_model_error(struct MHD_Connection *c, int rc, const char *name)
+static int send_model_error(struct http_req *c, int rc, const char *name)
 {
     if (rc == TAME_E_NOTFOUND) return http_send_error(c, 404, "NOT_FOUND", "no model named '%s'", name);
     return http_send_error(c, tame_err_http_status(rc), tame_err_name(rc), "%s", tame_strerror(rc));
 }
 
 /* Errors of anything that writes the log: nothing was acknowledged. */
-static int send_append_error(struct MHD_Connection *c, struct serve_model *m, int rc)
+static int send_append_error(struct http_req *c, struct serve_model *m, int rc)
 {
     if (rc == TAME_E_BUSY)
         return http_send_error_ex(c, 429, "BUSY", "1", NULL, "the queue of model '%s' is full; retry later",
@@ -436,7 +436,7 @@ static int send_append_error(struct MHD_Connection *c, struct serve_model *m, in
     return send_model_error(c, rc, serve_model_name(m));
 }
 
-static int handle_create(struct http_server *h, struct MHD_Connection *c, char *body, size_t len)
+static int handle_create(struct http_server *h, struct http_req *c, char *body, size_t len)
 {
     int ret;
     json_t *doc = parse_body(c, body, len, NULL, &ret);
@@ -460,7 +460,7 @@ static int handle_create(struct http_server *h, struct MHD_Connection *c, char *
     return http_send_json(c, 201, o);
 }
 
-static int handle_list(struct http_server *h, struct MHD_Connection *c)
+static int handle_list(struct http_server *h, struct http_req *c)
 {
     char **names;
     int n;
@@ -476,7 +476,7 @@ static int handle_list(struct http_server *h, struct MHD_Connection *c)
     return http_send_json(c, 200, json_pack("{s:o}", "models", arr));
 }
 
-static int handle_samples(struct http_server *h, struct MHD_Connection *c, struct serve_model *m, char *body,
+static int handle_samples(struct http_server *h, struct http_req *c, struct serve_model *m, char *body,
                           size_t len)
 {
     int ret;
@@ -523,7 +523,7 @@ static struct tame_predict_work *thread_work(const struct tame_snapshot *snap, i
     return w;
 }
 
-static int handle_predict(struct http_server *h, struct MHD_Connection *c, struct serve_model *m, char *body,
+static int handle_predict(struct http_server *h, struct http_req *c, struct serve_model *m, char *body,
                           size_t len)
 {
     int ret;
@@ -632,11 +632,11 @@ static bool parse_u64(const char *s, uint64_t *v)
     return true;
 }
 
-static int handle_events(struct MHD_Connection *c, struct serve_model *m)
+static int handle_events(struct http_req *c, struct serve_model *m)
 {
     uint64_t from = 0, limit = 100;
-    const char *sf = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "from");
-    const char *sl = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
+    const char *sf = MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "from");
+    const char *sl = MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "limit");
     if (sf && !parse_u64(sf, &from)) return http_send_error(c, 400, "INVALID", "from: a non-negative integer");
     if (sl && (!parse_u64(sl, &limit) || limit < 1 || limit > 1000))
         return http_send_error(c, 400, "INVALID", "limit: an integer in 1..1000");
@@ -662,7 +662,7 @@ static int handle_events(struct MHD_Connection *c, struct serve_model *m)
 
 /* ---- metrics ---- */
 
-static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
+static int handle_metrics(struct http_server *h, struct http_req *c)
 {
     struct tame_wbuf t;
     tame_wbuf_init(&t);
@@ -786,7 +786,7 @@ static int handle_metrics(struct http_server *h, struct MHD_Connection *c)
 
 /* ---- routing ---- */
 
-static int dispatch(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
+static int dispatch(struct http_server *h, struct http_req *c, const char *url, const char *method,
                     char *body, size_t len, enum http_endpoint *ep)
 {
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
@@ -872,15 +872,12 @@ static int dispatch(struct http_server *h, struct MHD_Connection *c, const char 
     return ret;
 }
 
-int http_route(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
+int http_route(struct http_server *h, struct http_req *c, const char *url, const char *method,
                char *body, size_t len, double t0)
 {
     enum http_endpoint ep = HTTP_EP_OTHER;
-    /* The status is read back from MHD's point of view: dispatch records
-     * nothing itself, so measure around it. */
+    /* dispatch leaves the reply in c; the time is measured around it. */
     int ret = dispatch(h, c, url, method, body, len, &ep);
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_HTTP_STATUS);
-    int status = ci ? (int)ci->http_status : 0;
-    http_metrics_request(h, ep, status, tame_now_s() - t0);
+    http_metrics_request(h, ep, c->reply.status, tame_now_s() - t0);
     return ret;
 }

@@ -14,6 +14,8 @@ struct http_config {
     int per_ip_max;
     int idle_timeout_s;
     int threads;                 /* HTTP threads */
+    int lane_threads;            /* threads for writes and large bodies */
+    int lane_nice;               /* how far below the HTTP threads they run */
     const char *token;           /* bearer token, or NULL for no auth; never logged */
     /* request limits, reported in errors */
     int input_dim_max, classes_max, hidden_max, hidden_layers_max, experts_max, batch_max;

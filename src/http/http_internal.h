@@ -20,6 +20,28 @@ const char *http_endpoint_name(enum http_endpoint e);
 #define HTTP_BUCKETS 10
 extern const double http_bucket_le[HTTP_BUCKETS];
 
+/* What a handler answers: filled by http_send*, sent by server.c (from the
+ * HTTP thread that owns the connection). */
+struct http_reply {
+    int status;
+    const char *type;        /* static strings only, as the two below */
+    char *body;              /* malloc'd, taken by the reply */
+    size_t len;
+    const char *retry_after;
+    const char *www_auth;
+};
+
+/* One request as the handlers see it.  They never queue a response on the
+ * connection themselves, so a request can be handled on a lane thread
+ * (lane.c) while its connection is suspended. */
+struct http_req {
+    struct MHD_Connection *conn; /* for GET arguments only */
+    const char *content_type;
+    struct http_reply reply;
+};
+
+struct lane;
+
 struct http_server {
     struct http_config cfg;
     struct serve *serve;
@@ -29,24 +51,42 @@ struct http_server {
     bool quiesced;
     atomic_bool ready;
     pthread_mutex_t metrics_mu; /* guards the counters below */
+    struct lane *lane;          /* threads for writes and long requests */
     uint64_t requests[HTTP_EP_COUNT][6];             /* by status class 1xx..5xx, [0] unused */
     uint64_t duration_bucket[HTTP_EP_COUNT][HTTP_BUCKETS];
     uint64_t duration_count[HTTP_EP_COUNT];
     double duration_sum[HTTP_EP_COUNT];
 };
 
-/* body is the request's own buffer: numeric arrays are rewritten in place. */
-int http_route(struct http_server *h, struct MHD_Connection *c, const char *url, const char *method,
+/* body is the request's own buffer: numeric arrays are rewritten in place.
+ * Leaves the answer in c->reply. */
+int http_route(struct http_server *h, struct http_req *c, const char *url, const char *method,
                char *body, size_t len, double t0);
 void http_metrics_request(struct http_server *h, enum http_endpoint ep, int status, double seconds);
 
-int http_send(struct MHD_Connection *c, int status, const char *type, char *body, size_t len,
+/* Set c's reply (replacing one set before); body is taken. */
+int http_send(struct http_req *c, int status, const char *type, char *body, size_t len,
               const char *retry_after, const char *www_auth);
 /* Takes the reference to doc. */
-int http_send_json(struct MHD_Connection *c, int status, json_t *doc);
-int http_send_error_ex(struct MHD_Connection *c, int status, const char *code, const char *retry_after,
+int http_send_json(struct http_req *c, int status, json_t *doc);
+int http_send_error_ex(struct http_req *c, int status, const char *code, const char *retry_after,
                        const char *www_auth, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 #define http_send_error(c, status, code, ...) \
     http_send_error_ex((c), (status), (code), NULL, NULL, __VA_ARGS__)
+
+/* ---- lane.c: requests that write or run long, off the HTTP threads ---- */
+
+/* A request whose body is complete and whose connection is suspended.
+ * `run` handles it and ends by resuming the connection, after which the
+ * job may already be freed by the HTTP thread. */
+struct lane_job {
+    struct lane_job *next;
+    void (*run)(struct lane_job *job);
+};
+
+int lane_start(int threads, int nice, struct lane **ret);
+void lane_push(struct lane *l, struct lane_job *job);
+/* Runs every job already pushed, then stops the threads. */
+void lane_stop(struct lane *l);
 
 #endif

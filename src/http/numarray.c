@@ -11,9 +11,36 @@
 
 #define MIN_SPAN 48 /* placeholder text: "\u0001" + 16 + index + quotes */
 
+/* Each thread keeps the number array of its last request (up to
+ * KEEP_MAX numbers) for the next one: a 128 x 784 body would otherwise grow
+ * it by realloc and fault in fresh pages every time. */
+#define KEEP_MAX (1u << 20)
+static pthread_key_t keep_key;
+static pthread_once_t keep_once = PTHREAD_ONCE_INIT;
+
+struct kept {
+    double *v;
+    size_t cap;
+};
+
+static void kept_free(void *k)
+{
+    struct kept *kp = k;
+    free(kp->v);
+    free(kp);
+}
+
+static void keep_key_make(void) { pthread_key_create(&keep_key, kept_free); }
+
 void num_pool_init(struct num_pool *p)
 {
     memset(p, 0, sizeof(*p));
+    pthread_once(&keep_once, keep_key_make);
+    struct kept *k = pthread_getspecific(keep_key);
+    if (k && k->v) {
+        p->v = k->v, p->cap = k->cap;
+        k->v = NULL, k->cap = 0;
+    }
     uint64_t r = 0;
     if (getrandom(&r, sizeof(r), 0) != sizeof(r)) r = (uint64_t)(uintptr_t)p ^ 0x9e3779b97f4a7c15ULL;
     snprintf(p->nonce, sizeof(p->nonce), "%016llx", (unsigned long long)r);
@@ -21,6 +48,13 @@ void num_pool_init(struct num_pool *p)
 
 void num_pool_done(struct num_pool *p)
 {
+    struct kept *k = pthread_getspecific(keep_key);
+    if (!k && p->v && p->cap <= KEEP_MAX && (k = calloc(1, sizeof(*k))) && pthread_setspecific(keep_key, k))
+        free(k), k = NULL;
+    if (k && !k->v && p->cap <= KEEP_MAX) {
+        k->v = p->v, k->cap = p->cap;
+        p->v = NULL;
+    }
     free(p->v);
     free(p->first);
     free(p->count);
@@ -74,6 +108,79 @@ static inline bool eight_digits(const char *p, uint32_t *ret)
     d = (d * 10000 + (d >> 32)) & 0xFFFFFFFFULL;
     *ret = (uint32_t)d;
     return true;
+}
+
+/* The leading run of ASCII digits in the 8 bytes at p: how many (0..8),
+ * with their value in *ret.  A byte is a digit when (b & 0xF0) == 0x30 and
+ * ((b + 6) & 0xF0) == 0x30; a carry out of a byte >= 0xFA can only reach
+ * bytes after the first non-digit, which are not looked at.  The digits,
+ * shifted up so that the bytes below them read as leading zeros, combine
+ * lane by lane as in eight_digits. */
+static inline int digit_run(const char *p, uint32_t *ret)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    const uint64_t hi = 0xF0F0F0F0F0F0F0F0ULL, zeros = 0x3030303030303030ULL;
+    uint64_t bad = ((v & hi) ^ zeros) | (((v + 0x0606060606060606ULL) & hi) ^ zeros);
+    int n = bad ? __builtin_ctzll(bad) / 8 : 8;
+    if (n == 0) {
+        *ret = 0;
+        return 0;
+    }
+    uint64_t d = (v - zeros) << (8 * (8 - n));
+    d = (d * 10 + (d >> 8)) & 0x00FF00FF00FF00FFULL;
+    d = (d * 100 + (d >> 16)) & 0x0000FFFF0000FFFFULL;
+    d = (d * 10000 + (d >> 32)) & 0xFFFFFFFFULL;
+    *ret = (uint32_t)d;
+    return n;
+}
+
+static const uint64_t pow10_u64[9] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000};
+
+/* The common case in one pass without byte loops: [-](0|[1-9]d{0,7})[.d{1,16}]
+ * with a mantissa below 2^53 and no exponent, which Clinger's fast path
+ * converts exactly.  NULL for anything else, which parse_number then reads
+ * from the start, so the result never depends on which path took it.
+ * Needs FAST_SLACK readable bytes at s. */
+#define FAST_SLACK 40
+static inline const char *parse_number_fast(const char *s, double *out, bool *is_int)
+{
+    const char *p = s;
+    bool neg = *p == '-';
+    p += neg;
+    uint64_t mant;
+    uint32_t v;
+    if (*p == '0') {
+        mant = 0;
+        p++;
+    } else {
+        int n = digit_run(p, &v);
+        if (n == 0 || n == 8 || *p == '0') return NULL;
+        mant = v;
+        p += n;
+    }
+    int frac = 0;
+    if (*p == '.') {
+        p++;
+        int n = digit_run(p, &v);
+        if (n == 0) return NULL;
+        mant = mant * pow10_u64[n] + v;
+        frac = n;
+        p += n;
+        if (n == 8) {
+            n = digit_run(p, &v);
+            if (n == 8) return NULL;
+            mant = mant * pow10_u64[n] + v;
+            frac += n;
+            p += n;
+        }
+    }
+    if (*p == 'e' || *p == 'E' || mant > (1ULL << 53)) return NULL;
+    *is_int = frac == 0;
+    double d = (double)mant;
+    if (frac) d /= pow10_exact[frac];
+    *out = neg ? -d : d;
+    return p;
 }
 
 /* Append the digits at *pp to mant (up to 19 significant digits; beyond,
@@ -233,7 +340,8 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
                 pool->cap = cap;
             }
             bool is_int;
-            const char *after = parse_number(q, end, &pool->v[pool->n], &is_int);
+            const char *after = end - q >= FAST_SLACK ? parse_number_fast(q, &pool->v[pool->n], &is_int) : NULL;
+            if (!after) after = parse_number(q, end, &pool->v[pool->n], &is_int);
             if (after && after > end) after = NULL;
             if (!after) break;
             all_int &= is_int;

@@ -12,12 +12,23 @@
 #include <string.h>
 #include <unistd.h>
 
+/* One request from its headers to its completion.  The lane job comes
+ * first: a job handed to the lane is its request. */
 struct request {
+    struct lane_job job;
+    struct http_server *h;
+    struct http_req rq;
+    const char *url, *method; /* libmicrohttpd's, valid until completion */
     char *body;
     size_t len, cap;
     bool too_large;
+    bool on_lane; /* handed to the lane: resumed means answered */
     double t0;
 };
+
+/* Prediction bodies up to this size are answered on the HTTP thread; every
+ * other request with a body, and every write, goes to the lane. */
+#define INLINE_BODY_MAX (64 * 1024)
 
 static const char *const endpoint_names[] = {"livez", "readyz", "metrics", "models", "model",
                                              "samples", "predict", "events", "flush", "selector",
@@ -25,23 +36,32 @@ static const char *const endpoint_names[] = {"livez", "readyz", "metrics", "mode
 
 const char *http_endpoint_name(enum http_endpoint e) { return endpoint_names[e]; }
 
-int http_send(struct MHD_Connection *c, int status, const char *type, char *body, size_t len,
+int http_send(struct http_req *c, int status, const char *type, char *body, size_t len,
               const char *retry_after, const char *www_auth)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (!r) {
-        free(body);
-        return MHD_NO;
-    }
-    MHD_add_response_header(r, "Content-Type", type);
-    if (retry_after) MHD_add_response_header(r, "Retry-After", retry_after);
-    if (www_auth) MHD_add_response_header(r, "WWW-Authenticate", www_auth);
-    int ret = MHD_queue_response(c, (unsigned)status, r);
+    free(c->reply.body);
+    c->reply = (struct http_reply){.status = status, .type = type, .body = body, .len = len,
+                                   .retry_after = retry_after, .www_auth = www_auth};
+    return body ? MHD_YES : MHD_NO;
+}
+
+/* Queue the reply on its connection; without one (out of memory while
+ * answering), the connection is closed. */
+static enum MHD_Result send_reply(struct MHD_Connection *c, struct http_reply *rp)
+{
+    if (!rp->body) return MHD_NO;
+    struct MHD_Response *r = MHD_create_response_from_buffer(rp->len, rp->body, MHD_RESPMEM_MUST_FREE);
+    if (!r) return MHD_NO; /* the body stays with rp and is freed at completion */
+    rp->body = NULL;
+    MHD_add_response_header(r, "Content-Type", rp->type);
+    if (rp->retry_after) MHD_add_response_header(r, "Retry-After", rp->retry_after);
+    if (rp->www_auth) MHD_add_response_header(r, "WWW-Authenticate", rp->www_auth);
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)rp->status, r);
     MHD_destroy_response(r);
     return ret;
 }
 
-int http_send_json(struct MHD_Connection *c, int status, json_t *doc)
+int http_send_json(struct http_req *c, int status, json_t *doc)
 {
     /* Nine significant digits round-trip a float exactly, without the
      * noise of printing it as a double. */
@@ -51,7 +71,7 @@ int http_send_json(struct MHD_Connection *c, int status, json_t *doc)
     return http_send(c, status, "application/json", s, strlen(s), NULL, NULL);
 }
 
-int http_send_error_ex(struct MHD_Connection *c, int status, const char *code, const char *retry_after,
+int http_send_error_ex(struct http_req *c, int status, const char *code, const char *retry_after,
                        const char *www_auth, const char *fmt, ...)
 {
     char msg[512];
@@ -76,12 +96,12 @@ static bool token_equal(const char *a, const char *b)
 }
 
 /* RFC 6750: 401 with WWW-Authenticate; invalid_token when one was given. */
-static int check_auth(struct http_server *h, struct MHD_Connection *c, bool *ok)
+static int check_auth(struct http_server *h, struct http_req *c, bool *ok)
 {
     *ok = true;
     if (!h->cfg.token) return MHD_YES;
-    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    if (MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "access_token")) {
+    const char *auth = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "Authorization");
+    if (MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "access_token")) {
         *ok = false;
         return http_send_error_ex(c, 400, "INVALID_REQUEST", NULL,
                                   "Bearer realm=\"tamed\", error=\"invalid_request\"",
@@ -101,6 +121,22 @@ static int check_auth(struct http_server *h, struct MHD_Connection *c, bool *ok)
     return MHD_YES;
 }
 
+/* On a lane thread: handle, then let the connection's HTTP thread send. */
+static void lane_run(struct lane_job *job)
+{
+    struct request *req = (struct request *)job;
+    http_route(req->h, &req->rq, req->url, req->method, req->body, req->len, req->t0);
+    MHD_resume_connection(req->rq.conn); /* req may be freed from here on */
+}
+
+static bool goes_to_lane(const char *url, const char *method, size_t len)
+{
+    if (!strcmp(method, "GET")) return false;
+    size_t n = strlen(url);
+    bool predict = n >= 8 && !strcmp(url + n - 8, "/predict");
+    return !predict || len > INLINE_BODY_MAX;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_size, void **con_cls)
@@ -112,20 +148,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         req = calloc(1, sizeof(*req));
         if (!req) return MHD_NO;
         req->t0 = tame_now_s();
+        req->h = h;
+        req->url = url;
+        req->method = method;
+        req->rq.conn = c;
+        req->rq.content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
         *con_cls = req;
         bool open_route = !strcmp(url, "/livez") || !strcmp(url, "/readyz");
         if (!open_route) {
             bool ok;
-            int ret = check_auth(h, c, &ok);
-            if (!ok) return (enum MHD_Result)ret;
+            check_auth(h, &req->rq, &ok);
+            if (!ok) return send_reply(c, &req->rq.reply);
         }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > h->cfg.body_max_bytes) {
             http_metrics_request(h, HTTP_EP_OTHER, 413, 0);
-            return (enum MHD_Result)http_send_error(c, 413, "LIMIT",
-                                                    "body of %s bytes exceeds the limit of %zu bytes",
-                                                    cl, h->cfg.body_max_bytes);
+            http_send_error(&req->rq, 413, "LIMIT", "body of %s bytes exceeds the limit of %zu bytes", cl,
+                            h->cfg.body_max_bytes);
+            return send_reply(c, &req->rq.reply);
         }
         /* A declared length within the cap sizes the buffer once (growth
          * still checks every byte against the cap). */
@@ -136,6 +177,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         return MHD_YES;
     }
+    if (req->on_lane) return send_reply(c, &req->rq.reply); /* resumed: answered */
     if (*upload_size > 0) {
         /* Count every byte, chunked or not; keep none past the cap. */
         if (!req->too_large && req->len + *upload_size > h->cfg.body_max_bytes) req->too_large = true;
@@ -156,11 +198,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
-    if (req->too_large)
-        return (enum MHD_Result)http_send_error(c, 413, "LIMIT", "body exceeds the limit of %zu bytes",
-                                                h->cfg.body_max_bytes);
     (void)version;
-    return (enum MHD_Result)http_route(h, c, url, method, req->body, req->len, req->t0);
+    if (req->too_large) {
+        http_send_error(&req->rq, 413, "LIMIT", "body exceeds the limit of %zu bytes", h->cfg.body_max_bytes);
+        return send_reply(c, &req->rq.reply);
+    }
+    if (goes_to_lane(url, method, req->len)) {
+        req->on_lane = true;
+        req->job.run = lane_run;
+        MHD_suspend_connection(c);
+        lane_push(h->lane, &req->job);
+        return MHD_YES;
+    }
+    http_route(h, &req->rq, url, method, req->body, req->len, req->t0);
+    return send_reply(c, &req->rq.reply);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -170,6 +221,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     struct request *req = *con_cls;
     if (!req) return;
     free(req->body);
+    free(req->rq.reply.body);
     free(req);
     *con_cls = NULL;
 }
@@ -188,19 +240,25 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
         return TAME_E_INVAL;
     }
     json_object_seed(0); /* before any thread parses: randomised hashing */
+    if (lane_start(cfg->lane_threads, cfg->lane_nice, &h->lane) < 0) {
+        pthread_mutex_destroy(&h->metrics_mu);
+        free(h);
+        return TAME_E_NOMEM;
+    }
     /* poll(), not epoll: with a thread pool, libmicrohttpd 0.9.75's
      * MHD_quiesce_daemon and each worker may both remove the listen socket
      * from the worker's epoll set, and the loser aborts the process ("Failed
      * to remove listen FD from epoll set"; seen once at SIGTERM in the
      * tests).  With poll, quiescing only signals the workers. */
     h->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC, 0, NULL, NULL,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL,
         on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_max,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
+        lane_stop(h->lane);
         pthread_mutex_destroy(&h->metrics_mu);
         free(h);
         return TAME_E_IO;
@@ -238,6 +296,9 @@ void http_drain(struct http_server *h, double timeout_s)
 void http_stop(struct http_server *h)
 {
     if (!h) return;
+    /* Every request handed to the lane is answered before libmicrohttpd
+     * stops: its connection is resumed while the HTTP threads still run. */
+    lane_stop(h->lane);
     MHD_stop_daemon(h->daemon);
     if (h->quiesced && h->listen_fd >= 0) close(h->listen_fd);
     pthread_mutex_destroy(&h->metrics_mu);

@@ -309,6 +309,7 @@ static void commit_batch(struct serve *s, struct op *ops)
 static void *fold_main(void *arg)
 {
     struct serve *s = arg;
+    tame_thread_setup("wal-fold", 0);
     struct store *st = NULL;
     struct store_options o = {.no_verify = true, .manual_wal = true, .busy_ms = 100};
     pthread_mutex_lock(&s->commit_mu);
@@ -345,6 +346,7 @@ static void *fold_main(void *arg)
 static void *probe_main(void *arg)
 {
     struct serve *s = arg;
+    tame_thread_setup("db-prober", 0);
     pthread_mutex_lock(&s->commit_mu);
     while (!s->commit_stop) {
         struct timespec until;

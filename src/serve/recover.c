@@ -176,6 +176,7 @@ static int replay_record(void *arg, const struct store_record *rec)
 static void *load_main(void *arg)
 {
     struct serve *s = arg;
+    tame_thread_setup("log-replay", 0);
     struct store *reader = NULL;
     char why[512] = "";
     struct store_options o = {.readonly = true, .busy_ms = 5000};

@@ -397,20 +397,12 @@ void serve_store_stats(struct serve *s, struct serve_store_stats *st)
 
 /* ---- selector thread ---- */
 
-/* Training yields to requests: on Linux nice is per thread, so the learner
- * workers and the selector thread can run below the HTTP threads.
- * Lowering needs no privilege; if it fails, training simply competes as an
- * equal. */
-static void lower_priority(int nice)
-{
-    if (nice > 0 && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice) != 0)
-        TAME_LOG(TAME_LOG_WARN, "cannot lower the training threads' priority", "errno=%d", errno);
-}
-
+/* Training yields to requests: the learner workers and the selector thread
+ * run `train_nice` below the HTTP threads. */
 static void *selector_main(void *arg)
 {
     struct serve *s = arg;
-    lower_priority(s->cfg.train_nice);
+    tame_thread_setup("selector", s->cfg.train_nice);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->sel_head && !s->sel_stop) pthread_cond_wait(&s->sel_cv, &s->mu);
@@ -697,7 +689,7 @@ static bool stop_work_locked(struct serve *s)
 static void *worker_main(void *arg)
 {
     struct serve *s = arg;
-    lower_priority(s->cfg.train_nice);
+    tame_thread_setup("learner", s->cfg.train_nice);
     nn_blas_threads(1);
     size_t cap_x = 0;
     float *bx = NULL;

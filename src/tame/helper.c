@@ -72,6 +72,7 @@ void tame_score_experts(void *arg)
 static void *helper_main(void *arg)
 {
     struct tame_helper *h = arg;
+    tame_thread_setup("step-helper", 0);
     nn_blas_threads(1);
     while (await_state(h, H_POSTED, H_QUIT) == H_POSTED) {
         h->fn(h->arg);

@@ -72,7 +72,7 @@ static int fmt_cached(struct remote *r, char *out, float f)
         memcpy(out, e->text, e->len);
         return e->len;
     }
-    int n = tame_fmt_float(out, f);
+    int n = tame_fmt_float_shortest(out, f); /* costly, but once per distinct value */
     e->bits = bits;
     e->len = (uint8_t)n;
     memcpy(e->text, out, (size_t)n);

@@ -507,13 +507,15 @@ static void *feed_until_refused(void *arg)
     return NULL;
 }
 
-/* Nice values of tamed's threads, by name ("tamed" = learner workers and
- * the selector thread among others; "MHD-worker" = HTTP). */
-static void thread_nices(pid_t pid, int *max_tamed, int *max_http)
+/* The highest nice among tamed's threads named `name` (threads name
+ * themselves: learner, selector, http-lane, MHD-worker, ...), or -100 if
+ * there is none. */
+static int thread_nice(pid_t pid, const char *name)
 {
-    *max_tamed = *max_http = -100;
-    char dir[64];
+    int max = -100;
+    char dir[64], want[64];
     snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+    snprintf(want, sizeof(want), "(%s)", name);
     DIR *d = opendir(dir);
     ck_assert_ptr_nonnull(d);
     struct dirent *e;
@@ -523,19 +525,18 @@ static void thread_nices(pid_t pid, int *max_tamed, int *max_http)
         snprintf(path, sizeof(path), "%s/%s/stat", dir, e->d_name);
         FILE *f = fopen(path, "r");
         if (!f) continue;
-        if (fgets(line, sizeof(line), f)) {
-            char *close = strrchr(line, ')'); /* comm may hold spaces */
+        if (fgets(line, sizeof(line), f) && strstr(line, want)) {
+            char *close = strrchr(line, ')');
             int nice = 0;
             /* after ") ": state, then fields 4..19; nice is field 19 */
             if (close && sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %d",
-                                &nice) == 1) {
-                if (strstr(line, "(MHD-worker)")) *max_http = nice > *max_http ? nice : *max_http;
-                else *max_tamed = nice > *max_tamed ? nice : *max_tamed;
-            }
+                                &nice) == 1)
+                max = nice > max ? nice : max;
         }
         fclose(f);
     }
     closedir(d);
+    return max;
 }
 
 /* A process-directed signal may be handled on any thread; this one is sent
@@ -567,18 +568,84 @@ END_TEST
 
 START_TEST(training_threads_run_below_the_http_threads)
 {
-    const char *extra[] = {"--train-nice", "7", NULL};
+    const char *extra[] = {"--train-nice", "7", "--lane-nice", "3", NULL};
     struct daemon d;
     daemon_start(&d, extra);
-    int t, h;
     /* Threads name themselves once running: give them a moment. */
-    for (int i = 0; i < 200; i++) {
-        thread_nices(d.pid, &t, &h);
-        if (t == 7 && h != -100) break;
+    for (int i = 0; i < 200 && (thread_nice(d.pid, "learner") != 7 || thread_nice(d.pid, "selector") != 7 ||
+                                thread_nice(d.pid, "http-lane") != 3);
+         i++)
         usleep(10000);
+    ck_assert_int_eq(thread_nice(d.pid, "learner"), 7);
+    ck_assert_int_eq(thread_nice(d.pid, "selector"), 7);
+    ck_assert_int_eq(thread_nice(d.pid, "http-lane"), 3); /* writes below predictions */
+    ck_assert_int_eq(thread_nice(d.pid, "MHD-worker"), 0); /* requests first */
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
+struct slow_post {
+    int port;
+    const char *body;
+    long status;
+};
+
+static void *post_samples(void *arg)
+{
+    struct slow_post *p = arg;
+    p->status = post(p->port, "/v1/models/m/samples", p->body);
+    return NULL;
+}
+
+static double checkpoint_position(int port)
+{
+    json_t *m = call_json(port, "GET", "/v1/models/m", NULL, 200);
+    double pos = jnum(json_object_get(m, "durability"), "checkpoint_position");
+    json_decref(m);
+    return pos;
+}
+
+START_TEST(a_write_waiting_for_its_commit_does_not_hold_up_predictions)
+{
+    /* One HTTP thread, and every checkpoint stalls 3 s inside its
+     * transaction (test hook), so a samples request made meanwhile waits
+     * that long for its commit.  It waits on a lane thread: the HTTP
+     * thread goes on answering, and what it answers shows the checkpoint
+     * still in progress. */
+    setenv("TAMED_TEST_CHECKPOINT_PAUSE_MS", "3000", 1);
+    const char *flags[] = {"--http-threads", "1", "--checkpoint-batches", "4", NULL};
+    struct daemon d;
+    daemon_start(&d, flags);
+    unsetenv("TAMED_TEST_CHECKPOINT_PAUSE_MS");
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct tame_rng r;
+    tame_rng_seed(&r, 31);
+    for (int i = 0; i < 4; i++) {
+        char *body = samples_body(&r, 0, 32, false);
+        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
+        free(body);
     }
-    ck_assert_int_eq(t, 7);  /* the learner workers and the selector thread */
-    ck_assert_int_eq(h, 0);  /* requests first */
+    bool paused = false;
+    for (int i = 0; i < 200 && !paused; i++) {
+        usleep(10000);
+        paused = daemon_log_has(&d, "checkpoint paused");
+    }
+    ck_assert_msg(paused, "the checkpoint did not start (see %s)", d.log_path);
+    char *body = samples_body(&r, 0, 32, false);
+    struct slow_post sp = {.port = d.port, .body = body};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, post_samples, &sp), 0);
+    usleep(200000); /* let it reach the commit */
+    struct reply pr = call(d.port, "POST", "/v1/models/m/predict",
+                           "{\"x\":[[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}");
+    ck_assert_int_eq(pr.status, 200);
+    free(pr.body);
+    ck_assert_int_eq((int)checkpoint_position(d.port), 0); /* answered while the commit waits */
+    pthread_join(t, NULL);
+    ck_assert_int_eq(sp.status, 200);
+    ck_assert_int_eq((int)checkpoint_position(d.port), 4 * 32);
+    free(body);
     ck_assert_int_eq(daemon_stop(&d), 0);
     daemon_remove(&d);
 }
@@ -646,6 +713,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
     tcase_add_test(tc, sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample);
     tcase_add_test(tc, training_threads_run_below_the_http_threads);
+    tcase_add_test(tc, a_write_waiting_for_its_commit_does_not_hold_up_predictions);
     tcase_add_test(tc, sigterm_handled_on_another_thread_still_stops_the_daemon);
     suite_add_tcase(s, tc);
     int rc = check_run(s);

@@ -137,10 +137,10 @@ END_TEST
 
 /* Every float the formatter writes is valid JSON-number text of at most
  * TAME_FLOAT_TEXT_MAX bytes that parses back to the same float. */
-static void check_round_trip(float f)
+static void check_text(float f, int (*fmt)(char *, float))
 {
     char buf[TAME_FLOAT_TEXT_MAX + 1];
-    int n = tame_fmt_float(buf, f);
+    int n = fmt(buf, f);
     ck_assert_int_gt(n, 0);
     ck_assert_int_le(n, TAME_FLOAT_TEXT_MAX);
     buf[n] = 0;
@@ -168,6 +168,12 @@ static void check_round_trip(float f)
     ck_assert_msg(memcmp(&back, &f, sizeof(f)) == 0, "%a wrote %s, read back %a", (double)f, buf, (double)back);
 }
 
+static void check_round_trip(float f)
+{
+    check_text(f, tame_fmt_float);
+    check_text(f, tame_fmt_float_shortest);
+}
+
 START_TEST(fmt_float_round_trips_and_is_json)
 {
     const float fixed[] = {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, 12.5f, 1e-5f, 9.99999e-6f, 123456789.0f, 1e9f,
@@ -181,13 +187,26 @@ START_TEST(fmt_float_round_trips_and_is_json)
     n = tame_fmt_float(buf, 12.5f);
     ck_assert_mem_eq(buf, "12.5", 4);
     ck_assert_int_eq(n, 4);
+    /* The shortest text: the digits a float actually needs. */
+    const struct {
+        float f;
+        const char *text;
+    } shortest[] = {{1.0f / 255, "0.003921569"}, {0.1f, "0.1"}, {0.5f, "0.5"}, {12.5f, "12.5"},
+                    {3e-7f, "3e-7"}, {-2.0f, "-2"}, {1e10f, "1e10"}, {100.0f, "100"}, {99.5f, "99.5"}};
+    for (size_t i = 0; i < sizeof(shortest) / sizeof(shortest[0]); i++) {
+        n = tame_fmt_float_shortest(buf, shortest[i].f);
+        ck_assert_msg(n == (int)strlen(shortest[i].text) && !memcmp(buf, shortest[i].text, (size_t)n),
+                      "%a: %.*s, want %s", (double)shortest[i].f, n, buf, shortest[i].text);
+    }
     struct tame_rng rng;
     tame_rng_seed(&rng, 11);
     for (int i = 0; i < 200000; i++) {
         uint32_t bits = (uint32_t)tame_rng_u64(&rng);
         float f;
         memcpy(&f, &bits, sizeof(f));
-        if (isfinite(f)) check_round_trip(f);
+        if (!isfinite(f)) continue;
+        check_text(f, tame_fmt_float);
+        if (i % 10 == 0) check_text(f, tame_fmt_float_shortest); /* up to 9 formats each: fewer */
     }
 }
 END_TEST
@@ -235,6 +254,7 @@ static Suite *core_suite(void)
 {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60); /* a hang guard: the formatter cases run long under the sanitizers */
     tcase_add_test(tc, error_table_maps_names_messages_statuses);
     tcase_add_test(tc, rng_is_deterministic_and_streams_differ);
     tcase_add_test(tc, rng_below_is_uniform);

@@ -81,6 +81,36 @@ START_TEST(numbers_parse_exactly_as_strtod)
 }
 END_TEST
 
+START_TEST(the_one_pass_path_agrees_with_the_general_one)
+{
+    /* Each number first in a long array (read in one pass: far from the
+     * end of the body) and last (read by the general parser): both equal
+     * strtod's double bit for bit.  Around the one-pass limits: 8 integer
+     * digits, 8 and 16 fraction digits, mantissas near 2^53, signs, zeros. */
+    const char *nums[] = {"0", "-0", "0.0", "-0.0", "7", "12345678", "123456789", "99999999.99999999",
+                          "0.5", "-0.25", "0.00392156886", "0.003921569", "0.12345678", "0.1234567890123456",
+                          "0.9007199254740993", "9007199.254740993", "9007199.254740992", "0.00000001",
+                          "0.0000000000000001", "1.0000000000000002", "3.40282347", "-1.17549435"};
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        char b[512];
+        int n = snprintf(b, sizeof(b), "[%s,", nums[i]);
+        for (int k = 0; k < 40; k++) n += snprintf(b + n, sizeof(b) - (size_t)n, "0,");
+        n += snprintf(b + n, sizeof(b) - (size_t)n, "%s]", nums[i]);
+        size_t l = (size_t)n;
+        struct num_pool pool;
+        num_pool_init(&pool);
+        ck_assert_int_eq(numarray_extract(b, &l, &pool), 0);
+        ck_assert_uint_eq(pool.n_arr, 1);
+        ck_assert_uint_eq(pool.n, 42);
+        double want = strtod(nums[i], NULL);
+        ck_assert_msg(!memcmp(&pool.v[0], &want, sizeof(want)), "%s first: %.17g", nums[i], pool.v[0]);
+        ck_assert_msg(!memcmp(&pool.v[41], &want, sizeof(want)), "%s last: %.17g", nums[i], pool.v[41]);
+        ck_assert(pool.all_int[0] == (strpbrk(nums[i], ".eE") == NULL));
+        num_pool_done(&pool);
+    }
+}
+END_TEST
+
 START_TEST(unusual_arrays_are_left_to_jansson)
 {
     const char *bodies[] = {
@@ -138,6 +168,7 @@ int main(void)
     TCase *tc = tcase_create("numarray");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, numbers_parse_exactly_as_strtod);
+    tcase_add_test(tc, the_one_pass_path_agrees_with_the_general_one);
     tcase_add_test(tc, unusual_arrays_are_left_to_jansson);
     tcase_add_test(tc, placeholders_cannot_be_spoofed);
     suite_add_tcase(s, tc);

@@ -1,0 +1,80 @@
+/* lane.c: a few threads for the requests that would hold an HTTP thread
+ * for long: every write (it waits for its SQLite commit) and every large
+ * body (parsing 128 x 784 numbers takes a millisecond).  libmicrohttpd
+ * serves many connections per thread, so one such request on an HTTP
+ * thread would stall every prediction queued behind it; here it waits
+ * with its connection suspended instead.  First in, first out. */
+#include "http_internal.h"
+
+#include <stdlib.h>
+
+struct lane {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct lane_job *head, *tail;
+    bool stop;
+    int n_threads;
+    int nice;
+    pthread_t threads[];
+};
+
+static void *lane_main(void *arg)
+{
+    struct lane *l = arg;
+    tame_thread_setup("http-lane", l->nice);
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (!l->head && !l->stop) pthread_cond_wait(&l->cv, &l->mu);
+        struct lane_job *job = l->head;
+        if (!job) break; /* stopping, and nothing left */
+        l->head = job->next;
+        if (!l->head) l->tail = NULL;
+        pthread_mutex_unlock(&l->mu);
+        job->run(job); /* ends by resuming the connection: job is gone */
+        pthread_mutex_lock(&l->mu);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+int lane_start(int threads, int nice, struct lane **ret)
+{
+    struct lane *l = calloc(1, sizeof(*l) + (size_t)threads * sizeof(pthread_t));
+    if (!l) return TAME_E_NOMEM;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv, NULL);
+    l->nice = nice;
+    for (int i = 0; i < threads; i++) {
+        if (pthread_create(&l->threads[i], NULL, lane_main, l) != 0) {
+            lane_stop(l);
+            return TAME_E_NOMEM;
+        }
+        l->n_threads++;
+    }
+    *ret = l;
+    return 0;
+}
+
+void lane_push(struct lane *l, struct lane_job *job)
+{
+    job->next = NULL;
+    pthread_mutex_lock(&l->mu);
+    if (l->tail) l->tail->next = job;
+    else l->head = job;
+    l->tail = job;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+void lane_stop(struct lane *l)
+{
+    if (!l) return;
+    pthread_mutex_lock(&l->mu);
+    l->stop = true;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    for (int i = 0; i < l->n_threads; i++) pthread_join(l->threads[i], NULL);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cv);
+    free(l);
+}
