@@ -232,16 +232,22 @@ static void sample_ids_free(struct sample_ids *ids)
     memset(ids, 0, sizeof(*ids));
 }
 
-static int read_id(json_t *v, const char *where, char *msg, size_t msglen)
+static int read_id(const struct num_pool *pool, json_t *v, const char *where, char *msg, size_t msglen)
 {
     if (!v || json_is_null(v)) return 0;
-    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > SAMPLE_ID_MAX)
+    const double *nv;
+    size_t nn;
+    bool ni;
+    /* a numeric array the fast path took out is not a string either */
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > SAMPLE_ID_MAX ||
+        numarray_lookup(pool, json_string_value(v), &nv, &nn, &ni))
         return snprintf(msg, msglen, "%s: id must be a string of 1 to %d bytes", where, SAMPLE_ID_MAX), -1;
     return 1;
 }
 
 /* Copy the ids out of the document (which is freed before they are used). */
-static int collect_ids(json_t *rows, json_t *cid, size_t n, struct sample_ids *ids, char *msg, size_t msglen)
+static int collect_ids(const struct num_pool *pool, json_t *rows, json_t *cid, size_t n, struct sample_ids *ids,
+                       char *msg, size_t msglen)
 {
     memset(ids, 0, sizeof(*ids));
     if (!rows && !cid) return 0;
@@ -252,7 +258,7 @@ static int collect_ids(json_t *rows, json_t *cid, size_t n, struct sample_ids *i
         json_t *v = rows ? json_object_get(json_array_get(rows, i), "id") : json_array_get(cid, i);
         char where[48];
         snprintf(where, sizeof(where), "sample %zu", i);
-        int k = read_id(v, where, msg, msglen);
+        int k = read_id(pool, v, where, msg, msglen);
         if (k < 0) return -1;
         if (k) total += json_string_length(v), any++;
     }
@@ -355,7 +361,7 @@ static int parse_samples(const struct http_server *h, const struct num_pool *poo
         }
         y[i] = (int)json_integer_value(yi);
     }
-    int irc = collect_ids(rows, cid, n, ids, msg, msglen);
+    int irc = collect_ids(pool, rows, cid, n, ids, msg, msglen);
     if (irc < 0) {
         free(x);
         free(y);

@@ -8,51 +8,79 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #define MIN_SPAN 48 /* placeholder text: "\u0001" + 16 + index + quotes */
 
-/* Each thread keeps the number array of its last request (up to
- * KEEP_MAX numbers) for the next one: a 128 x 784 body would otherwise grow
- * it by realloc and fault in fresh pages every time. */
+/* Per thread: the number array of the last request (up to KEEP_MAX
+ * numbers) kept for the next one, since a 128 x 784 body would otherwise
+ * grow it by realloc and fault in fresh pages every time; and the nonce
+ * source, a secret key from getrandom and a counter, so a request costs no
+ * system call.  Nonces never leave the process; a client cannot learn the
+ * key, so it cannot write a placeholder of a later request. */
 #define KEEP_MAX (1u << 20)
-static pthread_key_t keep_key;
-static pthread_once_t keep_once = PTHREAD_ONCE_INIT;
+static pthread_key_t state_key;
+static pthread_once_t state_once = PTHREAD_ONCE_INIT;
 
-struct kept {
+struct thread_state {
     double *v;
     size_t cap;
+    uint64_t key, counter;
 };
 
-static void kept_free(void *k)
+static void state_free(void *st)
 {
-    struct kept *kp = k;
-    free(kp->v);
-    free(kp);
+    struct thread_state *t = st;
+    free(t->v);
+    free(t);
 }
 
-static void keep_key_make(void) { pthread_key_create(&keep_key, kept_free); }
+static void state_key_make(void) { pthread_key_create(&state_key, state_free); }
+
+static struct thread_state *thread_state(void)
+{
+    pthread_once(&state_once, state_key_make);
+    struct thread_state *t = pthread_getspecific(state_key);
+    if (t) return t;
+    t = calloc(1, sizeof(*t));
+    if (!t) return NULL;
+    if (getrandom(&t->key, sizeof(t->key), 0) != sizeof(t->key))
+        t->key = (uint64_t)(uintptr_t)t ^ ((uint64_t)time(NULL) << 20) ^ 0x9e3779b97f4a7c15ULL;
+    if (pthread_setspecific(state_key, t) != 0) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* A bijective 64-bit mixer (splitmix64's finaliser). */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
 
 void num_pool_init(struct num_pool *p)
 {
     memset(p, 0, sizeof(*p));
-    pthread_once(&keep_once, keep_key_make);
-    struct kept *k = pthread_getspecific(keep_key);
-    if (k && k->v) {
-        p->v = k->v, p->cap = k->cap;
-        k->v = NULL, k->cap = 0;
+    struct thread_state *t = thread_state();
+    uint64_t r;
+    if (t) {
+        p->v = t->v, p->cap = t->cap;
+        t->v = NULL, t->cap = 0;
+        r = mix64(t->key + 0x9e3779b97f4a7c15ULL * ++t->counter);
+    } else if (getrandom(&r, sizeof(r), 0) != sizeof(r)) {
+        r = mix64((uint64_t)(uintptr_t)p ^ (uint64_t)time(NULL));
     }
-    uint64_t r = 0;
-    if (getrandom(&r, sizeof(r), 0) != sizeof(r)) r = (uint64_t)(uintptr_t)p ^ 0x9e3779b97f4a7c15ULL;
     snprintf(p->nonce, sizeof(p->nonce), "%016llx", (unsigned long long)r);
 }
 
 void num_pool_done(struct num_pool *p)
 {
-    struct kept *k = pthread_getspecific(keep_key);
-    if (!k && p->v && p->cap <= KEEP_MAX && (k = calloc(1, sizeof(*k))) && pthread_setspecific(keep_key, k))
-        free(k), k = NULL;
-    if (k && !k->v && p->cap <= KEEP_MAX) {
-        k->v = p->v, k->cap = p->cap;
+    struct thread_state *t = pthread_getspecific(state_key);
+    if (t && !t->v && p->cap <= KEEP_MAX) {
+        t->v = p->v, t->cap = p->cap;
         p->v = NULL;
     }
     free(p->v);

@@ -255,7 +255,7 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
         on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_max,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
         lane_stop(h->lane);

@@ -195,6 +195,9 @@ START_TEST(bad_requests_get_a_json_error_and_change_nothing)
         {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0}],\"samples\":[]}", x16), 400},
         {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0,\"y\":1}]}", x16), 400},
         {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":%s,\"y\":0}]}", x15), 400},
+        /* a long numeric array where an id (a string) belongs */
+        {"POST", "/v1/models/m/samples", J,
+         S("{\"samples\":[{\"x\":%s,\"y\":0,\"id\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]}]}", x16), 400},
         {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":[NaN,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],\"y\":0}]}"), 400},
         {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":[Infinity,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],\"y\":0}]}"), 400},
         {"POST", "/v1/models/m/samples", J, S("{\"samples\":[{\"x\":[1e999,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],\"y\":0}]}"), 400},
