@@ -25,6 +25,11 @@ import gzip, json
 b = gzip.open('/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz').read()[16:16 + 784]
 open('bench/out/predict-body.json', 'w').write(json.dumps({'x': [[v / 255 for v in b]]}))
 PY
+# The floor: 64 connections with nothing training (the first model's
+# background selector retrains are over once its stream has been evaluated).
+echo "== predict, 64 connections, nothing training"
+wrk -t 2 -c 64 -d 10s --latency -s bench/predict.lua \
+  http://127.0.0.1:18181/v1/models/tame-eval-split-1/predict | tee "$out/wrk-64-idle.txt"
 # A second model keeps training while wrk predicts from the first.
 # (30 epochs: it must outlast both wrk runs, or they measure an idle daemon.)
 "$build/tame-eval" --quiet --epochs 30 --seed 2 --url http://127.0.0.1:18181 > /dev/null &
