@@ -385,7 +385,52 @@ static bool is_json(struct http_req *c)
     return t && !strncasecmp(t, "application/json", 16) && (t[16] == 0 || t[16] == ';' || t[16] == ' ');
 }
 
-static json_t *parse_body_json(struct http_req *c, char *body, size_t len, struct num_pool *pool,
+/* The second part of a body split for extraction on two threads. */
+struct half {
+    char *body;
+    size_t len;
+    struct num_pool pool;
+    int rc;
+};
+
+static void extract_half(void *arg)
+{
+    struct half *hf = arg;
+    num_pool_init(&hf->pool);
+    hf->rc = numarray_extract(hf->body, &hf->len, &hf->pool);
+}
+
+/* Bodies from this size on are parsed in two parts when a lane thread is
+ * free to take one (a 128 x 784 samples body is 0.5-1 MB). */
+#define SPLIT_MIN_BYTES (256 * 1024)
+
+static int extract_numbers(struct http_server *h, struct http_req *c, char *body, size_t *len,
+                           struct num_pool *pool)
+{
+    size_t cut = c->lane && *len >= SPLIT_MIN_BYTES ? numarray_cut(body, *len) : 0;
+    if (!cut) return numarray_extract(body, len, pool);
+    struct half hf = {.body = body + cut, .len = *len - cut};
+    struct lane_task t;
+    bool forked = lane_fork(c->lane, &t, extract_half, &hf);
+    size_t len1 = cut;
+    int rc = numarray_extract(body, &len1, pool); /* reads nothing at or past cut */
+    if (forked) lane_join(&t);
+    else extract_half(&hf);
+    pthread_mutex_lock(&h->metrics_mu);
+    h->bodies_split[forked]++;
+    pthread_mutex_unlock(&h->metrics_mu);
+    struct num_pool *second = rc < 0 || hf.rc < 0 ? NULL : malloc(sizeof(*second));
+    if (!second) {
+        num_pool_done(&hf.pool);
+        return -1;
+    }
+    *second = hf.pool;
+    numarray_join(body, len, len1, cut, hf.len, pool, second);
+    return 0;
+}
+
+static json_t *parse_body_json(struct http_server *h, struct http_req *c, char *body, size_t len,
+                               struct num_pool *pool,
                                int *ret)
 {
     if (!is_json(c)) {
@@ -396,7 +441,7 @@ static json_t *parse_body_json(struct http_req *c, char *body, size_t len, struc
         *ret = http_send_error(c, 400, "INVALID", "empty body");
         return NULL;
     }
-    if (pool && numarray_extract(body, &len, pool) < 0) {
+    if (pool && extract_numbers(h, c, body, &len, pool) < 0) {
         *ret = http_send_error(c, 503, "NOMEM", "out of memory");
         return NULL;
     }
@@ -408,10 +453,11 @@ static json_t *parse_body_json(struct http_req *c, char *body, size_t len, struc
 
 /* Parse a JSON body; with a pool (initialised here, and released here on
  * failure), numeric arrays go to it first. */
-static json_t *parse_body(struct http_req *c, char *body, size_t len, struct num_pool *pool, int *ret)
+static json_t *parse_body(struct http_server *h, struct http_req *c, char *body, size_t len,
+                          struct num_pool *pool, int *ret)
 {
     if (pool) num_pool_init(pool);
-    json_t *doc = parse_body_json(c, body, len, pool, ret);
+    json_t *doc = parse_body_json(h, c, body, len, pool, ret);
     if (!doc && pool) num_pool_done(pool);
     return doc;
 }
@@ -445,7 +491,7 @@ static int send_append_error(struct http_req *c, struct serve_model *m, int rc)
 static int handle_create(struct http_server *h, struct http_req *c, char *body, size_t len)
 {
     int ret;
-    json_t *doc = parse_body(c, body, len, NULL, &ret);
+    json_t *doc = parse_body(h, c, body, len, NULL, &ret);
     if (!doc) return ret;
     char name[SERVE_NAME_MAX + 1], msg[256];
     struct tame_params p;
@@ -487,7 +533,7 @@ static int handle_samples(struct http_server *h, struct http_req *c, struct serv
 {
     int ret;
     struct num_pool pool;
-    json_t *doc = parse_body(c, body, len, &pool, &ret);
+    json_t *doc = parse_body(h, c, body, len, &pool, &ret);
     if (!doc) return ret;
     float *x;
     int *y, n;
@@ -534,7 +580,7 @@ static int handle_predict(struct http_server *h, struct http_req *c, struct serv
 {
     int ret;
     struct num_pool pool;
-    json_t *doc = parse_body(c, body, len, &pool, &ret);
+    json_t *doc = parse_body(h, c, body, len, &pool, &ret);
     if (!doc) return ret;
     const struct tame_params *p = serve_model_params(m);
     json_t *jx = json_is_object(doc) ? json_object_get(doc, "x") : NULL;
@@ -696,6 +742,11 @@ static int handle_metrics(struct http_server *h, struct http_req *c)
         tame_wbuf_printf(&t, "tame_http_request_duration_seconds_count{endpoint=\"%s\"} %llu\n", http_endpoint_name(e),
                 (unsigned long long)h->duration_count[e]);
     }
+    tame_wbuf_printf(&t, "# HELP tame_http_bodies_split_total Large bodies parsed in two parts, by whether a second"
+                         " lane thread took one.\n# TYPE tame_http_bodies_split_total counter\n");
+    for (int k = 0; k < 2; k++)
+        tame_wbuf_printf(&t, "tame_http_bodies_split_total{parallel=\"%s\"} %llu\n", k ? "yes" : "no",
+                         (unsigned long long)h->bodies_split[k]);
     pthread_mutex_unlock(&h->metrics_mu);
 
     static const char *const gauges[][3] = {

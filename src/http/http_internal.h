@@ -37,6 +37,7 @@ struct http_reply {
 struct http_req {
     struct MHD_Connection *conn; /* for GET arguments only */
     const char *content_type;
+    struct lane *lane;           /* set when it runs on a lane thread: it may fork work there */
     struct http_reply reply;
 };
 
@@ -56,6 +57,7 @@ struct http_server {
     uint64_t duration_bucket[HTTP_EP_COUNT][HTTP_BUCKETS];
     uint64_t duration_count[HTTP_EP_COUNT];
     double duration_sum[HTTP_EP_COUNT];
+    uint64_t bodies_split[2];                        /* parsed in two parts: [0] alone, [1] in parallel */
 };
 
 /* body is the request's own buffer: numeric arrays are rewritten in place.
@@ -82,10 +84,26 @@ int http_send_error_ex(struct http_req *c, int status, const char *code, const c
 struct lane_job {
     struct lane_job *next;
     void (*run)(struct lane_job *job);
+    bool taken; /* a lane thread took it (under the lane's lock) */
 };
 
 int lane_start(int threads, int nice, struct lane **ret);
 void lane_push(struct lane *l, struct lane_job *job);
+
+/* Part of one request's work, lent to a lane thread that has nothing to do:
+ * lane_fork queues it first in line if a lane thread is idle (false if
+ * none is: run it yourself); lane_join returns once it ran, running it on
+ * the caller's thread if no lane thread took it meanwhile, so a request
+ * never waits behind another's. */
+struct lane_task {
+    struct lane_job job;
+    struct lane *lane;
+    void (*fn)(void *arg);
+    void *arg;
+    bool done;
+};
+bool lane_fork(struct lane *l, struct lane_task *t, void (*fn)(void *arg), void *arg);
+void lane_join(struct lane_task *t);
 /* Runs every job already pushed, then stops the threads. */
 void lane_stop(struct lane *l);
 

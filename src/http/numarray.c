@@ -83,6 +83,10 @@ void num_pool_done(struct num_pool *p)
         t->v = p->v, t->cap = p->cap;
         p->v = NULL;
     }
+    if (p->next) {
+        num_pool_done(p->next);
+        free(p->next);
+    }
     free(p->v);
     free(p->first);
     free(p->count);
@@ -401,10 +405,39 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
     return 0;
 }
 
+size_t numarray_cut(const char *body, size_t len)
+{
+    const char *p = body, *end = body + len, *from = body + len / 2;
+    while (p < end) {
+        const char *q = memchr(p, '"', (size_t)(end - p)); /* the next string, if any */
+        const char *stop = q ? q : end, *s = p < from ? from : p;
+        for (const char *m = s; m < stop && (m = memchr(m, ',', (size_t)(stop - m))); m++)
+            if (m > body && (m[-1] == ']' || m[-1] == '}')) return (size_t)(m + 1 - body);
+        if (!q) return 0;
+        p = q + 1; /* skip the string as numarray_extract does */
+        while (p < end && *p != '"') p += *p == '\\' ? 2 : 1;
+        p++;
+    }
+    return 0;
+}
+
+void numarray_join(char *body, size_t *len, size_t len1, size_t cut, size_t len2, struct num_pool *pool,
+                   struct num_pool *second)
+{
+    memmove(body + len1, body + cut, len2);
+    *len = len1 + len2;
+    body[*len] = 0;
+    struct num_pool *tail = pool;
+    while (tail->next) tail = tail->next;
+    tail->next = second;
+}
+
 bool numarray_lookup(const struct num_pool *pool, const char *s, const double **ret, size_t *ret_n,
                      bool *ret_all_int)
 {
-    if (!s || s[0] != '\x01' || strncmp(s + 1, pool->nonce, 16) != 0) return false;
+    if (!s || s[0] != '\x01') return false;
+    while (pool && strncmp(s + 1, pool->nonce, 16) != 0) pool = pool->next;
+    if (!pool) return false;
     char *endp;
     unsigned long long k = strtoull(s + 17, &endp, 10);
     if (*endp || s[17] == 0 || k >= pool->n_arr) return false;

@@ -24,6 +24,7 @@ struct num_pool {
     bool *all_int;       /* per array: every number written as an integer */
     size_t n_arr, cap_arr;
     char nonce[17];      /* 16 hex digits */
+    struct num_pool *next; /* the pool of a body's second part (numarray_join) */
 };
 
 void num_pool_init(struct num_pool *p);
@@ -31,7 +32,17 @@ void num_pool_done(struct num_pool *p);
 /* Rewrite body[0..*len) in place (it only shrinks; *len is updated);
  * body[*len] must be a NUL on entry.  Returns 0 or -1 when out of memory. */
 int numarray_extract(char *body, size_t *len, struct num_pool *pool);
-/* If s is one of this pool's placeholders: its numbers. */
+/* A large body can be extracted in two parts on two threads: numarray_cut
+ * finds where (just after a "]," or "}," outside strings, at or after the
+ * middle; 0 if nowhere), each part goes through numarray_extract with its own pool
+ * (the first part's last number ends inside it, so neither reads the
+ * other's bytes), and numarray_join closes the gap between the two
+ * rewritten parts and chains `second` (malloc'd, taken) behind `pool`. */
+size_t numarray_cut(const char *body, size_t len);
+void numarray_join(char *body, size_t *len, size_t len1, size_t cut, size_t len2, struct num_pool *pool,
+                   struct num_pool *second);
+/* If s is one of this pool's placeholders (or of a pool chained behind
+ * it): its numbers. */
 bool numarray_lookup(const struct num_pool *pool, const char *s, const double **ret, size_t *ret_n,
                      bool *ret_all_int);
 

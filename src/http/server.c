@@ -205,6 +205,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (goes_to_lane(url, method, req->len)) {
         req->on_lane = true;
+        req->rq.lane = h->lane;
         req->job.run = lane_run;
         MHD_suspend_connection(c);
         lane_push(h->lane, &req->job);

@@ -666,6 +666,76 @@ START_TEST(a_write_waiting_for_its_commit_does_not_hold_up_predictions)
 }
 END_TEST
 
+static long trained(int port, const char *model)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/models/%s", model);
+    json_t *m = call_json(port, "GET", path, NULL, 200);
+    long n = (long)jnum(m, "samples_trained");
+    json_decref(m);
+    return n;
+}
+
+START_TEST(a_large_body_parsed_in_two_parts_means_the_same_as_small_ones)
+{
+    /* Bodies of 256 KiB and more are parsed in two parts on two lane
+     * threads.  The same 3200 samples sent as one 1 MB body to model a and
+     * as eight bodies of 400 to model b (too small to split) give the same
+     * learner: the same events and the same prediction, to the byte. */
+    struct daemon d;
+    daemon_start(&d, NULL);
+#define SPEC(name) "{\"name\":\"" name "\",\"input_dim\":16,\"classes\":8,\"batch_size\":32,\"hidden\":[32,32]}"
+    json_decref(call_json(d.port, "POST", "/v1/models", SPEC("a"), 201));
+    json_decref(call_json(d.port, "POST", "/v1/models", SPEC("b"), 201));
+#undef SPEC
+    struct tame_rng r;
+    tame_rng_seed(&r, 77);
+    size_t cap = 4 << 20, n = 0;
+    char *big = malloc(cap);
+    n += (size_t)snprintf(big, cap, "{\"samples\":[");
+    for (int k = 0; k < 8; k++) {
+        char *body = samples_body(&r, k % 3, 400, false); /* {"samples":[...]} */
+        json_decref(call_json(d.port, "POST", "/v1/models/b/samples", body, 200));
+        size_t bl = strlen(body);
+        ck_assert_uint_lt(n + bl, cap);
+        n += (size_t)snprintf(big + n, cap - n, "%s%.*s", k ? "," : "", (int)(bl - 14), body + 12);
+        free(body);
+    }
+    /* One extra row of 15 numbers, last: its error must name it, which
+     * needs the second part's arrays. */
+    char bad[] = ",{\"x\":[0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5],\"y\":0}]}";
+    memcpy(big + n, bad, sizeof(bad));
+    ck_assert_uint_ge(strlen(big), 1u << 19);
+    struct reply rp = call(d.port, "POST", "/v1/models/a/samples", big);
+    ck_assert_int_eq(rp.status, 400);
+    ck_assert_msg(strstr(rp.body, "sample 3200: x has 15 values"), "%s", rp.body);
+    free(rp.body);
+    snprintf(big + n, cap - n, "]}");
+    json_t *ack = call_json(d.port, "POST", "/v1/models/a/samples", big, 200);
+    ck_assert_int_eq((long)jnum(ack, "accepted"), 3200);
+    json_decref(ack);
+    free(big);
+    struct reply mt = call(d.port, "GET", "/metrics", NULL);
+    double split = metric(mt.body, "tame_http_bodies_split_total{parallel=\"yes\"}") +
+                   metric(mt.body, "tame_http_bodies_split_total{parallel=\"no\"}");
+    ck_assert_double_eq(split, 2); /* both big bodies; none of the small ones */
+    free(mt.body);
+    for (int i = 0; i < 600 && (trained(d.port, "a") < 3200 || trained(d.port, "b") < 3200); i++) usleep(20000);
+    ck_assert_int_eq(trained(d.port, "a"), 3200);
+    ck_assert_int_eq(trained(d.port, "b"), 3200);
+    struct reply ea = call(d.port, "GET", "/v1/models/a/events", NULL), eb = call(d.port, "GET", "/v1/models/b/events", NULL);
+    ck_assert_int_eq(ea.status, 200);
+    ck_assert_str_eq(ea.body, eb.body);
+    const char *x = "{\"x\":[[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1,1.1,1.2,1.3,1.4,1.5,1.6]]}";
+    struct reply pa = call(d.port, "POST", "/v1/models/a/predict", x), pb = call(d.port, "POST", "/v1/models/b/predict", x);
+    ck_assert_int_eq(pa.status, 200);
+    ck_assert_str_eq(pa.body, pb.body);
+    free(ea.body), free(eb.body), free(pa.body), free(pb.body);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 START_TEST(sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample)
 {
     struct daemon d;
@@ -729,6 +799,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample);
     tcase_add_test(tc, training_threads_run_below_the_http_threads);
     tcase_add_test(tc, a_write_waiting_for_its_commit_does_not_hold_up_predictions);
+    tcase_add_test(tc, a_large_body_parsed_in_two_parts_means_the_same_as_small_ones);
     tcase_add_test(tc, sigterm_handled_on_another_thread_still_stops_the_daemon);
     suite_add_tcase(s, tc);
     int rc = check_run(s);

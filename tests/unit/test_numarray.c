@@ -111,6 +111,83 @@ START_TEST(the_one_pass_path_agrees_with_the_general_one)
 }
 END_TEST
 
+/* Extract body (NUL-terminated copy) whole, and in the two parts
+ * numarray_cut chooses, joined: the same skeleton and the same numbers
+ * behind every placeholder. */
+static void check_split_equals_whole(const char *text, bool want_cut)
+{
+    size_t n = strlen(text);
+    char *a = malloc(n + 1), *b = malloc(n + 1);
+    memcpy(a, text, n + 1);
+    memcpy(b, text, n + 1);
+    size_t la = n, lb = n;
+    struct num_pool pa, pb, *second = malloc(sizeof(*second));
+    num_pool_init(&pa);
+    num_pool_init(&pb);
+    num_pool_init(second);
+    ck_assert_int_eq(numarray_extract(a, &la, &pa), 0);
+    size_t cut = numarray_cut(b, n);
+    ck_assert(want_cut ? cut > n / 2 && cut < n : cut == 0);
+    if (!cut) {
+        num_pool_done(second);
+        free(second);
+        ck_assert_int_eq(numarray_extract(b, &lb, &pb), 0);
+    } else {
+        ck_assert_msg((b[cut - 2] == ']' || b[cut - 2] == '}') && b[cut - 1] == ',', "cut at %zu", cut);
+        size_t l1 = cut, l2 = n - cut;
+        ck_assert_int_eq(numarray_extract(b, &l1, &pb), 0);
+        ck_assert_int_eq(numarray_extract(b + cut, &l2, second), 0);
+        numarray_join(b, &lb, l1, cut, l2, &pb, second);
+    }
+    json_t *da = json_loadb(a, la, 0, NULL), *db = json_loadb(b, lb, 0, NULL);
+    ck_assert_ptr_nonnull(da);
+    ck_assert_ptr_nonnull(db);
+    /* Walk both documents together: placeholders resolve to equal numbers. */
+    json_t *ra = json_object_get(da, "samples"), *rb = json_object_get(db, "samples");
+    ck_assert_uint_eq(json_array_size(ra), json_array_size(rb));
+    for (size_t i = 0; i < json_array_size(ra); i++) {
+        json_t *xa = json_object_get(json_array_get(ra, i), "x"), *xb = json_object_get(json_array_get(rb, i), "x");
+        const double *va, *vb;
+        size_t na, nb;
+        bool ia, ib;
+        ck_assert(numarray_lookup(&pa, json_string_value(xa), &va, &na, &ia));
+        ck_assert(numarray_lookup(&pb, json_string_value(xb), &vb, &nb, &ib));
+        ck_assert_uint_eq(na, nb);
+        ck_assert(!memcmp(va, vb, na * sizeof(double)));
+        ck_assert_str_eq(json_string_value(json_object_get(json_array_get(ra, i), "tag")),
+                         json_string_value(json_object_get(json_array_get(rb, i), "tag")));
+    }
+    json_decref(da);
+    json_decref(db);
+    num_pool_done(&pa);
+    num_pool_done(&pb);
+    free(a);
+    free(b);
+}
+
+START_TEST(a_body_cut_in_two_parses_as_the_whole)
+{
+    /* Rows with numeric arrays and strings that hold "]," and escaped
+     * quotes (a cut must never land inside a string). */
+    char *body = malloc(1 << 20);
+    size_t n = (size_t)sprintf(body, "{\"samples\":[");
+    for (int i = 0; i < 400; i++) {
+        n += (size_t)sprintf(body + n, "%s{\"tag\":\"r%d ],[ \\\" ],\",\"x\":[", i ? "," : "", i);
+        for (int j = 0; j < 30; j++) n += (size_t)sprintf(body + n, "%s%d.%d", j ? "," : "", i, j);
+        n += (size_t)sprintf(body + n, "]}");
+    }
+    sprintf(body + n, "]}");
+    check_split_equals_whole(body, true);
+    /* Nowhere to cut after the middle: a body that is one long string
+     * there. */
+    n = (size_t)sprintf(body, "{\"samples\":[{\"tag\":\"a\",\"x\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19]}],\"pad\":\"");
+    for (int i = 0; i < 2000; i++) body[n++] = i % 7 ? 'a' : ']', body[n++] = ',';
+    sprintf(body + n, "\"}");
+    check_split_equals_whole(body, false);
+    free(body);
+}
+END_TEST
+
 START_TEST(unusual_arrays_are_left_to_jansson)
 {
     const char *bodies[] = {
@@ -169,6 +246,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, numbers_parse_exactly_as_strtod);
     tcase_add_test(tc, the_one_pass_path_agrees_with_the_general_one);
+    tcase_add_test(tc, a_body_cut_in_two_parses_as_the_whole);
     tcase_add_test(tc, unusual_arrays_are_left_to_jansson);
     tcase_add_test(tc, placeholders_cannot_be_spoofed);
     suite_add_tcase(s, tc);
