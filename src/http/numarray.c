@@ -169,12 +169,14 @@ static inline int digit_run(const char *p, uint32_t *ret)
 
 static const uint64_t pow10_u64[9] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000};
 
-/* The common case in one pass without byte loops: [-](0|[1-9]d{0,7})[.d{1,16}]
- * with a mantissa below 2^53 and no exponent, which Clinger's fast path
- * converts exactly.  NULL for anything else, which parse_number then reads
- * from the start, so the result never depends on which path took it.
- * Needs FAST_SLACK readable bytes at s. */
-#define FAST_SLACK 40
+/* The common case in one pass without byte loops: [-](0|[1-9]d{0,7})[.d{1,27}]
+ * without an exponent, whose digits fit a 64-bit mantissa (leading fraction
+ * zeros are free).  Converted exactly as parse_number would: Clinger's fast
+ * path up to 2^53 and 10^22 (0.529411793, Python's 0.00392156862745098),
+ * else the x87 path (0.52941176470588236).  NULL for anything else, which
+ * parse_number then reads from the start, so the result never depends on
+ * which path took it.  Needs FAST_SLACK readable bytes at s. */
+#define FAST_SLACK 48
 static inline const char *parse_number_fast(const char *s, double *out, bool *is_int)
 {
     const char *p = s;
@@ -194,23 +196,32 @@ static inline const char *parse_number_fast(const char *s, double *out, bool *is
     int frac = 0;
     if (*p == '.') {
         p++;
-        int n = digit_run(p, &v);
-        if (n == 0) return NULL;
-        mant = mant * pow10_u64[n] + v;
-        frac = n;
-        p += n;
-        if (n == 8) {
+        /* Runs of up to 8 digits, a full run followed by more; a mantissa
+         * past 2^64 (more than 19 significant digits) is parse_number's. */
+        for (int run = 0, n = 8; n == 8; run++) {
             n = digit_run(p, &v);
-            if (n == 8) return NULL;
-            mant = mant * pow10_u64[n] + v;
+            if ((run == 0 && n == 0) || frac + n > 27 || __builtin_mul_overflow(mant, pow10_u64[n], &mant) ||
+                __builtin_add_overflow(mant, (uint64_t)v, &mant))
+                return NULL;
             frac += n;
             p += n;
         }
     }
-    if (*p == 'e' || *p == 'E' || mant > (1ULL << 53)) return NULL;
+    /* 20 digits fit 64 bits, but parse_number keeps 19 and calls strtod */
+    if (*p == 'e' || *p == 'E' || mant >= 10000000000000000000ULL) return NULL;
+    double d;
+    if (mant <= (1ULL << 53) && frac <= 22) {
+        d = (double)mant;
+        if (frac) d /= pow10_exact[frac];
+    } else {
+#if defined(__x86_64__) || defined(__i386__)
+        if (!extended_precision()) return NULL;
+        d = (double)((long double)mant / pow10_ld[frac]);
+#else
+        return NULL;
+#endif
+    }
     *is_int = frac == 0;
-    double d = (double)mant;
-    if (frac) d /= pow10_exact[frac];
     *out = neg ? -d : d;
     return p;
 }
@@ -236,10 +247,10 @@ static inline void read_digits(const char **pp, const char *end, uint64_t *mant,
 
 /* Parse one JSON number at s (strict grammar).  Returns the end, or NULL if
  * it is not a valid, finite JSON number.  The buffer must end in a NUL
- * (a non-digit) so the digit loops need no bounds checks.  Up to 15
- * significant digits take Clinger's exact fast path; the rest go through
- * extended precision or strtod, as jansson's do, so the double is the
- * same either way. */
+ * (a non-digit) so the digit loops need no bounds checks.  A mantissa up
+ * to 2^53 with |exponent| <= 22 takes Clinger's exact fast path; up to 19
+ * digits go through extended precision; the rest through strtod, as
+ * jansson's do. */
 static const char *parse_number(const char *s, const char *end, double *out, bool *is_int)
 {
     const char *p = s;
@@ -281,7 +292,7 @@ static const char *parse_number(const char *s, const char *end, double *out, boo
         exp10 *= esign;
     }
     int e = exp10 - frac_digits;
-    if (!inexact && sig <= 15 && e >= -22 && e <= 22) {
+    if (!inexact && mant <= (1ULL << 53) && e >= -22 && e <= 22) {
         double v = (double)mant;
         v = e >= 0 ? v * pow10_exact[e] : v / pow10_exact[-e];
         *out = neg ? -v : v;

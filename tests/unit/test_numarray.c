@@ -90,7 +90,12 @@ START_TEST(the_one_pass_path_agrees_with_the_general_one)
     const char *nums[] = {"0", "-0", "0.0", "-0.0", "7", "12345678", "123456789", "99999999.99999999",
                           "0.5", "-0.25", "0.00392156886", "0.003921569", "0.12345678", "0.1234567890123456",
                           "0.9007199254740993", "9007199.254740993", "9007199.254740992", "0.00000001",
-                          "0.0000000000000001", "1.0000000000000002", "3.40282347", "-1.17549435"};
+                          "0.0000000000000001", "1.0000000000000002", "3.40282347", "-1.17549435",
+                          /* Python's float64 text, leading fraction zeros, and mantissas that
+                           * would overflow 64 bits on the way (must fall back, not wrap) */
+                          "0.00392156862745098", "0.52941176470588236", "0.0000000000000000000001",
+                          "0.00000000000000000000001", "1234567.1234567812345678", "9999999.9999999999999999",
+                          "0.000000009007199254740993", "0.000000009007199254740992"};
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         char b[512];
         int n = snprintf(b, sizeof(b), "[%s,", nums[i]);
@@ -164,6 +169,36 @@ static void check_split_equals_whole(const char *text, bool want_cut)
     free(a);
     free(b);
 }
+
+START_TEST(positional_decimals_of_every_length_parse_as_strtod)
+{
+    /* What Python and most encoders write for features in [0, 1) and
+     * pixel-sized values: positional, 1 to 27 fraction digits, some with
+     * leading zeros (0.00392156862745098); the one-pass path takes them
+     * (exactly, or through x87 beyond 2^53) and must agree with strtod. */
+    srand(17);
+    for (int round = 0; round < 100; round++) {
+        char b[16384] = "[", num[64];
+        double want[200];
+        for (int i = 0; i < 200; i++) {
+            double d = rand() / (double)RAND_MAX * pow(10, rand() % 8 - 4);
+            snprintf(num, sizeof(num), "%s%.*f", rand() % 2 ? "-" : "", 1 + rand() % 27, d);
+            want[i] = strtod(num, NULL);
+            strcat(b, i ? "," : "");
+            strcat(b, num);
+        }
+        strcat(b, "]");
+        size_t l = strlen(b);
+        struct num_pool pool;
+        num_pool_init(&pool);
+        ck_assert_int_eq(numarray_extract(b, &l, &pool), 0);
+        ck_assert_uint_eq(pool.n, 200);
+        for (int i = 0; i < 200; i++)
+            ck_assert_msg(!memcmp(&pool.v[i], &want[i], sizeof(double)), "%.17g vs %.17g", pool.v[i], want[i]);
+        num_pool_done(&pool);
+    }
+}
+END_TEST
 
 START_TEST(a_body_cut_in_two_parses_as_the_whole)
 {
@@ -246,6 +281,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, numbers_parse_exactly_as_strtod);
     tcase_add_test(tc, the_one_pass_path_agrees_with_the_general_one);
+    tcase_add_test(tc, positional_decimals_of_every_length_parse_as_strtod);
     tcase_add_test(tc, a_body_cut_in_two_parses_as_the_whole);
     tcase_add_test(tc, unusual_arrays_are_left_to_jansson);
     tcase_add_test(tc, placeholders_cannot_be_spoofed);
