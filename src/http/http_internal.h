@@ -104,7 +104,10 @@ struct lane_task {
 };
 bool lane_fork(struct lane *l, struct lane_task *t, void (*fn)(void *arg), void *arg);
 void lane_join(struct lane_task *t);
-/* Runs every job already pushed, then stops the threads. */
+/* Runs every job already pushed, then stops the threads; a job pushed
+ * later runs on the pusher's thread.  lane_free (after the HTTP threads
+ * are gone) stops the lane if need be and frees it. */
 void lane_stop(struct lane *l);
+void lane_free(struct lane *l);
 
 #endif

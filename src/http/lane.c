@@ -52,7 +52,7 @@ int lane_start(int threads, int nice, struct lane **ret)
     l->nice = nice;
     for (int i = 0; i < threads; i++) {
         if (pthread_create(&l->threads[i], NULL, lane_main, l) != 0) {
-            lane_stop(l);
+            lane_free(l);
             return TAME_E_NOMEM;
         }
         l->n_threads++;
@@ -66,6 +66,12 @@ void lane_push(struct lane *l, struct lane_job *job)
     job->next = NULL;
     job->taken = false;
     pthread_mutex_lock(&l->mu);
+    if (l->stop) { /* stopping: a request that came late still gets its answer */
+        pthread_mutex_unlock(&l->mu);
+        job->taken = true;
+        job->run(job);
+        return;
+    }
     if (l->tail) l->tail->next = job;
     else l->head = job;
     l->tail = job;
@@ -123,6 +129,13 @@ void lane_stop(struct lane *l)
     pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&l->mu);
     for (int i = 0; i < l->n_threads; i++) pthread_join(l->threads[i], NULL);
+    l->n_threads = 0;
+}
+
+void lane_free(struct lane *l)
+{
+    if (!l) return;
+    lane_stop(l);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->cv);
     pthread_cond_destroy(&l->done_cv);

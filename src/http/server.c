@@ -259,7 +259,7 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
-        lane_stop(h->lane);
+        lane_free(h->lane);
         pthread_mutex_destroy(&h->metrics_mu);
         free(h);
         return TAME_E_IO;
@@ -298,9 +298,11 @@ void http_stop(struct http_server *h)
 {
     if (!h) return;
     /* Every request handed to the lane is answered before libmicrohttpd
-     * stops: its connection is resumed while the HTTP threads still run. */
+     * stops: its connection is resumed while the HTTP threads still run
+     * (one that arrives meanwhile runs on its HTTP thread). */
     lane_stop(h->lane);
     MHD_stop_daemon(h->daemon);
+    lane_free(h->lane);
     if (h->quiesced && h->listen_fd >= 0) close(h->listen_fd);
     pthread_mutex_destroy(&h->metrics_mu);
     free(h);
