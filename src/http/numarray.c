@@ -100,28 +100,80 @@ static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6, 
 
 static inline bool is_digit(char c) { return (unsigned char)(c - '0') < 10; }
 
-#if defined(__x86_64__) || defined(__i386__)
-/* 10^0..10^27: 5^27 < 2^64, so each is exact in the x87 format.  Built
- * by multiplication rather than written as literals, so no compiler's
- * decimal conversion is trusted. */
-static long double pow10_ld[28];
-static bool x87_exact; /* does long double really carry a 64-bit mantissa? */
-static pthread_once_t x87_once = PTHREAD_ONCE_INIT;
+/* ---- w * 10^q, exactly rounded, for a 64-bit w and |q| <= 27 ----
+ *
+ * The Eisel-Lemire method (D. Lemire, "Number Parsing at a Gigabyte per
+ * Second", 2021): multiply the normalised w by a 128-bit approximation of
+ * 5^q, take the top 54 bits and round; for |q| <= 27 the approximation is
+ * close enough that the result is the correctly rounded double, except for
+ * inputs that might sit exactly between two doubles, which are detected
+ * and left to strtod.  The table is computed once, exactly, with integer
+ * arithmetic: 5^q itself for q >= 0 (it fits 64 bits), and
+ * floor(2^(127 + z) / 5^-q) + 1 with 2^(z-1) < 5^-q <= 2^z for q < 0. */
+#define Q_MAX 27
+__extension__ typedef unsigned __int128 u128; /* GCC and Clang on 64-bit targets */
+static uint64_t pow5_hi[2 * Q_MAX + 1], pow5_lo[2 * Q_MAX + 1]; /* index q + Q_MAX */
 
-static void x87_probe(void)
+/* Built before main (and before any thread), so lookups need no lock. */
+__attribute__((constructor)) static void pow5_build(void)
 {
-    volatile long double one = 1.0L, tiny = 0x1p-63L;
-    x87_exact = (one + tiny) != one;
-    pow10_ld[0] = 1.0L;
-    for (int i = 1; i < 28; i++) pow10_ld[i] = pow10_ld[i - 1] * 10.0L;
+    uint64_t p5 = 1;
+    for (int m = 0; m <= Q_MAX; m++, p5 *= 5) {
+        int msb = 63 - __builtin_clzll(p5);
+        pow5_hi[Q_MAX + m] = p5 << (63 - msb); /* exact: normalised 5^m */
+        pow5_lo[Q_MAX + m] = 0;
+        if (m == 0) continue;
+        /* 2^(127 + z) / 5^m by long division of three 64-bit limbs. */
+        int z = msb + 1, b = 127 + z; /* 128 <= b < 192 */
+        uint64_t limbs[3] = {(uint64_t)1 << (b - 128), 0, 0}, quot[3];
+        u128 rem = 0;
+        for (int i = 0; i < 3; i++) {
+            u128 cur = (rem << 64) | limbs[i];
+            quot[i] = (uint64_t)(cur / p5);
+            rem = cur % p5;
+        }
+        /* quot[0] == 0: the quotient lies in [2^127, 2^128) */
+        u128 c = ((u128)quot[1] << 64 | quot[2]) + 1;
+        pow5_hi[Q_MAX - m] = (uint64_t)(c >> 64);
+        pow5_lo[Q_MAX - m] = (uint64_t)c;
+    }
 }
 
-static bool extended_precision(void)
+/* w * 10^q as a double into *out: true, or false for strtod to decide. */
+static bool eisel_lemire(uint64_t w, int q, double *out)
 {
-    pthread_once(&x87_once, x87_probe);
-    return x87_exact;
+    if (w == 0) {
+        *out = 0;
+        return true;
+    }
+    if (q < -Q_MAX || q > Q_MAX) return false;
+    int lz = __builtin_clzll(w);
+    w <<= lz;
+    u128 first = (u128)w * pow5_hi[q + Q_MAX];
+    uint64_t hi = (uint64_t)(first >> 64), lo = (uint64_t)first;
+    if ((hi & 0x1FF) == 0x1FF) { /* the low half of 5^q may carry into the bits that decide */
+        uint64_t carry = (uint64_t)(((u128)w * pow5_lo[q + Q_MAX]) >> 64);
+        lo += carry;
+        hi += lo < carry;
+    }
+    int upper = (int)(hi >> 63);
+    uint64_t mant = hi >> (upper + 9); /* 54 bits: 53 and a rounding bit */
+    /* the binary exponent: floor(log2(10^q)) + 63, biased, for the top bit of hi */
+    int power2 = (int)(((152170 + 65536) * q) >> 16) + 63 + upper - lz + 1023;
+    /* Exactly halfway between two doubles (possible only for -4 <= q <= 23):
+     * round to even, which for an odd halfway mantissa means down. */
+    if (lo <= 1 && q >= -4 && q <= 23 && (mant & 3) == 1 && (mant << (upper + 9)) == hi) mant &= ~(uint64_t)1;
+    mant += mant & 1;
+    mant >>= 1;
+    if (mant >= (uint64_t)2 << 52) { /* rounding carried into a new bit */
+        mant = (uint64_t)1 << 52;
+        power2++;
+    }
+    if (power2 <= 0 || power2 >= 2047) return false; /* subnormal or infinite: not for |q| <= 27 */
+    uint64_t bits = (mant & ~((uint64_t)1 << 52)) | (uint64_t)power2 << 52;
+    memcpy(out, &bits, sizeof(bits));
+    return true;
 }
-#endif
 
 /* If the 8 bytes at p are all ASCII digits, their value (0..99999999).
  * Each byte b is a digit when (b & 0xF0) == 0x30 and ((b + 6) & 0xF0) ==
@@ -173,7 +225,7 @@ static const uint64_t pow10_u64[9] = {1, 10, 100, 1000, 10000, 100000, 1000000, 
  * without an exponent, whose digits fit a 64-bit mantissa (leading fraction
  * zeros are free).  Converted exactly as parse_number would: Clinger's fast
  * path up to 2^53 and 10^22 (0.529411793, Python's 0.00392156862745098),
- * else the x87 path (0.52941176470588236).  NULL for anything else, which
+ * else Eisel-Lemire (0.52941176470588236).  NULL for anything else, which
  * parse_number then reads from the start, so the result never depends on
  * which path took it.  Needs FAST_SLACK readable bytes at s. */
 #define FAST_SLACK 48
@@ -213,13 +265,8 @@ static inline const char *parse_number_fast(const char *s, double *out, bool *is
     if (mant <= (1ULL << 53) && frac <= 22) {
         d = (double)mant;
         if (frac) d /= pow10_exact[frac];
-    } else {
-#if defined(__x86_64__) || defined(__i386__)
-        if (!extended_precision()) return NULL;
-        d = (double)((long double)mant / pow10_ld[frac]);
-#else
+    } else if (!eisel_lemire(mant, -frac, &d)) {
         return NULL;
-#endif
     }
     *is_int = frac == 0;
     *out = neg ? -d : d;
@@ -249,8 +296,8 @@ static inline void read_digits(const char **pp, const char *end, uint64_t *mant,
  * it is not a valid, finite JSON number.  The buffer must end in a NUL
  * (a non-digit) so the digit loops need no bounds checks.  A mantissa up
  * to 2^53 with |exponent| <= 22 takes Clinger's exact fast path; up to 19
- * digits go through extended precision; the rest through strtod, as
- * jansson's do. */
+ * digits with |exponent| <= 27, Eisel-Lemire; the rest strtod, as in
+ * jansson: the same double every way. */
 static const char *parse_number(const char *s, const char *end, double *out, bool *is_int)
 {
     const char *p = s;
@@ -298,20 +345,12 @@ static const char *parse_number(const char *s, const char *end, double *out, boo
         *out = neg ? -v : v;
         return p;
     }
-#if defined(__x86_64__) || defined(__i386__)
-    /* 16-19 digits (what printing a double gives): the x87 format holds the
-     * mantissa and 10^e (|e| <= 27) exactly, so one rounding to 64 bits and
-     * one to the double; it can differ from strtod only on a decimal within
-     * 2^-64 of a halfway point between two doubles.  Emulators (valgrind)
-     * compute long double as double: a one-time probe sends them to strtod. */
-    if (!inexact && e >= -27 && e <= 27 && extended_precision()) {
-        long double pw = pow10_ld[e >= 0 ? e : -e];
-        long double v = (long double)mant;
-        v = e >= 0 ? v * pw : v / pw;
-        *out = (double)(neg ? -v : v);
+    /* Up to 19 digits (what printing a double gives), |e| <= 27. */
+    double el;
+    if (!inexact && eisel_lemire(mant, e, &el)) {
+        *out = neg ? -el : el;
         return p;
     }
-#endif
     char buf[512];
     size_t len = (size_t)(p - s);
     if (len >= sizeof(buf)) return NULL;
