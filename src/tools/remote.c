@@ -63,13 +63,16 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static int fmt_cached(struct remote *r, char *out, float f)
+/* The text of f at out, from the cache when f was seen before.  out must
+ * have TAME_FLOAT_TEXT_MAX bytes of room: a hit copies the whole entry
+ * (one fixed-size copy, no length-dependent loop) and returns its length. */
+static inline int fmt_cached(struct remote *r, char *out, float f)
 {
     uint32_t bits;
     memcpy(&bits, &f, sizeof(bits));
     struct fmt_entry *e = &r->cache[(bits * 2654435761u) >> 20];
     if (e->len && e->bits == bits) {
-        memcpy(out, e->text, e->len);
+        memcpy(out, e->text, TAME_FLOAT_TEXT_MAX);
         return e->len;
     }
     int n = tame_fmt_float_shortest(out, f); /* costly, but once per distinct value */
@@ -82,7 +85,8 @@ static int fmt_cached(struct remote *r, char *out, float f)
 /* Append n floats as a JSON array. */
 static void out_floats(struct remote *r, const float *x, int n)
 {
-    char *p = (char *)tame_wbuf_room(&r->req, (size_t)n * (TAME_FLOAT_TEXT_MAX + 1) + 2);
+    /* Room for every value at its longest, plus the last one's full-entry copy. */
+    char *p = (char *)tame_wbuf_room(&r->req, (size_t)n * (TAME_FLOAT_TEXT_MAX + 1) + TAME_FLOAT_TEXT_MAX + 2);
     if (!p) abort();
     *p++ = '[';
     for (int j = 0; j < n; j++) {
