@@ -95,30 +95,27 @@ static bool token_equal(const char *a, const char *b)
     return diff == 0;
 }
 
-/* RFC 6750: 401 with WWW-Authenticate; invalid_token when one was given. */
-static int check_auth(struct http_server *h, struct http_req *c, bool *ok)
+/* RFC 6750: false, with the 400 or 401 and its WWW-Authenticate left in
+ * c's reply (invalid_token when one was given), unless the request may pass. */
+static bool authorized(struct http_server *h, struct http_req *c)
 {
-    *ok = true;
-    if (!h->cfg.token) return MHD_YES;
+    if (!h->cfg.token) return true;
     const char *auth = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "Authorization");
     if (MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "access_token")) {
-        *ok = false;
-        return http_send_error_ex(c, 400, "INVALID_REQUEST", NULL,
-                                  "Bearer realm=\"tamed\", error=\"invalid_request\"",
-                                  "send the token in the Authorization header, not the URL");
+        http_send_error_ex(c, 400, "INVALID_REQUEST", NULL, "Bearer realm=\"tamed\", error=\"invalid_request\"",
+                           "send the token in the Authorization header, not the URL");
+        return false;
     }
     if (!auth) {
-        *ok = false;
-        return http_send_error_ex(c, 401, "UNAUTHORIZED", NULL, "Bearer realm=\"tamed\"",
-                                  "missing bearer token");
+        http_send_error_ex(c, 401, "UNAUTHORIZED", NULL, "Bearer realm=\"tamed\"", "missing bearer token");
+        return false;
     }
     if (strncmp(auth, "Bearer ", 7) != 0 || !token_equal(auth + 7, h->cfg.token)) {
-        *ok = false;
-        return http_send_error_ex(c, 401, "INVALID_TOKEN", NULL,
-                                  "Bearer realm=\"tamed\", error=\"invalid_token\"",
-                                  "invalid bearer token");
+        http_send_error_ex(c, 401, "INVALID_TOKEN", NULL, "Bearer realm=\"tamed\", error=\"invalid_token\"",
+                           "invalid bearer token");
+        return false;
     }
-    return MHD_YES;
+    return true;
 }
 
 /* On a lane thread: handle, then let the connection's HTTP thread send. */
@@ -155,11 +152,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         req->rq.content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
         *con_cls = req;
         bool open_route = !strcmp(url, "/livez") || !strcmp(url, "/readyz");
-        if (!open_route) {
-            bool ok;
-            check_auth(h, &req->rq, &ok);
-            if (!ok) return send_reply(c, &req->rq.reply);
-        }
+        if (!open_route && !authorized(h, &req->rq)) return send_reply(c, &req->rq.reply);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > h->cfg.body_max_bytes) {
