@@ -3,7 +3,8 @@
  * body (parsing 128 x 784 numbers takes a millisecond).  libmicrohttpd
  * serves many connections per thread, so one such request on an HTTP
  * thread would stall every prediction queued behind it; here it waits
- * with its connection suspended instead.  First in, first out. */
+ * with its connection suspended instead.  First in, first out; a request
+ * may lend part of its own work (lane_fork) to a thread with nothing to do. */
 #include "http_internal.h"
 
 #include <stdlib.h>
@@ -35,7 +36,7 @@ static void *lane_main(void *arg)
         if (!l->head) l->tail = NULL;
         job->taken = true;
         pthread_mutex_unlock(&l->mu);
-        job->run(job); /* ends by resuming the connection: job is gone */
+        job->run(job); /* ends by resuming its connection or marking its task done: job is gone */
         pthread_mutex_lock(&l->mu);
     }
     pthread_mutex_unlock(&l->mu);
