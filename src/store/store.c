@@ -12,9 +12,11 @@
  *       partial batch) and kind 2 = selector (retrain it now) are one item
  *       with no x or y.  crc = CRC-32 of the kind byte, x, then y.  (x is
  *       opaque here: serve/logcodec.h writes it, float32 or a palette.)
- *   checkpoints(model_id PRIMARY KEY, pos, state BLOB, crc, created_at)
+ *   checkpoints(model_id PRIMARY KEY, pos, crc, created_at, state BLOB)
  *       One per model: the model after consuming items [0, pos), replaced
  *       in one transaction (layout: serve/serve.c, "checkpoint blobs").
+ *       state is the last column so it can be written in pieces into a
+ *       zeroblob (store_checkpoint_put); [v3; before, it came third].
  *       Records wholly before pos are garbage from then on; they are
  *       deleted a few at a time in later transactions (store_trim), so a
  *       checkpoint never waits for a large delete.
@@ -24,12 +26,14 @@
  *   sample_ids(model_id, id TEXT, pos), PRIMARY KEY(model_id, id)   [v2]
  *       Client sample ids, so a retried request is not trained twice.
  *
- * Version 1 had no sample_ids; migration 2 adds it.
+ * Version 1 had no sample_ids; migration 2 adds it.  Migration 3 moves
+ * checkpoints.state to the end of the row.
  */
 #include "store.h"
 
 #include "tame/core.h"
 
+#include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,8 +71,8 @@ static const char *const stmt_sql[N_STMT] = {
                    "ORDER BY pos",
     [S_LOG_TAIL] = "SELECT max(pos + items), sum(CASE kind WHEN 0 THEN items - max(? - pos, 0) ELSE 0 END) "
                    "FROM log WHERE model_id = ? AND pos + items > ?",
-    [S_CKPT_PUT] = "INSERT OR REPLACE INTO checkpoints(model_id, pos, state, crc, created_at) "
-                   "VALUES (?, ?, ?, ?, unixepoch())",
+    [S_CKPT_PUT] = "INSERT OR REPLACE INTO checkpoints(model_id, pos, crc, created_at, state) "
+                   "VALUES (?, ?, ?, unixepoch(), zeroblob(?))",
     [S_LOG_TRIM] = "DELETE FROM log WHERE rowid IN (SELECT rowid FROM log WHERE model_id = ? AND pos + items <= ? "
                    "ORDER BY pos LIMIT ?)",
     [S_IDS_TRIM] = "DELETE FROM sample_ids WHERE model_id = ?1 AND id IN (SELECT id FROM sample_ids WHERE model_id = ?1 "
@@ -94,6 +98,12 @@ static const char *const migration[STORE_SCHEMA_VERSION] = {
     "CREATE TABLE sample_ids(model_id INTEGER NOT NULL, id TEXT NOT NULL, pos INTEGER NOT NULL,"
     "  PRIMARY KEY(model_id, id)) WITHOUT ROWID;"
     "CREATE INDEX sample_ids_pos ON sample_ids(model_id, pos);",
+    "CREATE TABLE checkpoints_v3(model_id INTEGER PRIMARY KEY, pos INTEGER NOT NULL, crc INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL, state BLOB NOT NULL);"
+    "INSERT INTO checkpoints_v3(model_id, pos, crc, created_at, state)"
+    "  SELECT model_id, pos, crc, created_at, state FROM checkpoints;"
+    "DROP TABLE checkpoints;"
+    "ALTER TABLE checkpoints_v3 RENAME TO checkpoints;",
 };
 
 struct store {
@@ -575,16 +585,34 @@ int store_log_tail(struct store *st, int64_t model, uint64_t pos, uint64_t *ret_
 
 /* ---- checkpoints and events ---- */
 
+/* A checkpoint is tens of MB for a model with many experts.  Bound as a
+ * blob, SQLite would first build the whole row in memory, a second copy of
+ * the state; so the row gets a zeroblob of the right size, which SQLite
+ * writes without materialising when it ends the row, and the state goes
+ * into it piece by piece (incremental blob I/O, same transaction). */
+#define BLOB_CHUNK (4 << 20)
+
 int store_checkpoint_put(struct store *st, int64_t model, uint64_t pos, const void *state, size_t len)
 {
+    if (len > INT_MAX) return TAME_E_LIMIT;
     sqlite3_stmt *s = stmt(st, S_CKPT_PUT);
     if (s) {
         sqlite3_bind_int64(s, 1, model);
         sqlite3_bind_int64(s, 2, (sqlite3_int64)pos);
-        sqlite3_bind_blob64(s, 3, state, len, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 4, blob_crc(0, state, len));
+        sqlite3_bind_int64(s, 3, blob_crc(0, state, len));
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)len);
     }
-    return run(st, s);
+    int rc = run(st, s);
+    if (rc || len == 0) return rc;
+    sqlite3_blob *b = NULL;
+    /* model_id is the table's INTEGER PRIMARY KEY, hence the rowid */
+    rc = store_code(sqlite3_blob_open(st->db, "main", "checkpoints", "state", model, 1, &b));
+    for (size_t off = 0; !rc && off < len; off += BLOB_CHUNK) {
+        size_t n = len - off < BLOB_CHUNK ? len - off : BLOB_CHUNK;
+        rc = store_code(sqlite3_blob_write(b, (const uint8_t *)state + off, (int)n, (int)off));
+    }
+    int rc_close = store_code(sqlite3_blob_close(b));
+    return rc ? rc : rc_close;
 }
 
 int store_trim(struct store *st, int64_t model, uint64_t log_before, uint64_t ids_before, int max_rows,

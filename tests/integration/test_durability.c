@@ -530,6 +530,34 @@ START_TEST(a_flipped_byte_in_a_checkpoint_is_refused_and_left_untouched)
 }
 END_TEST
 
+/* The checkpoints table as versions 1 and 2 laid it out (state third). */
+static void old_checkpoint_layout(const char *db)
+{
+    exec_sql(db, "CREATE TABLE c_old(model_id INTEGER PRIMARY KEY, pos INTEGER NOT NULL, state BLOB NOT NULL,"
+                 "  crc INTEGER NOT NULL, created_at INTEGER NOT NULL);"
+                 "INSERT INTO c_old SELECT model_id, pos, state, crc, created_at FROM checkpoints;"
+                 "DROP TABLE checkpoints; ALTER TABLE c_old RENAME TO checkpoints");
+}
+
+/* After a migration: the current version, and the state last in its row. */
+static void check_current_schema(const char *db)
+{
+    sqlite3 *h;
+    ck_assert_int_eq(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *s;
+    ck_assert_int_eq(sqlite3_prepare_v2(h, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+    ck_assert_int_eq(sqlite3_column_int(s, 0), 3);
+    sqlite3_finalize(s);
+    ck_assert_int_eq(sqlite3_prepare_v2(h, "SELECT name FROM pragma_table_info('checkpoints') ORDER BY cid DESC LIMIT 1",
+                                        -1, &s, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+    ck_assert_str_eq((const char *)sqlite3_column_text(s, 0), "state");
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+}
+
 START_TEST(a_newer_database_is_refused_and_an_older_one_migrated)
 {
     struct daemon d;
@@ -537,8 +565,17 @@ START_TEST(a_newer_database_is_refused_and_an_older_one_migrated)
     /* Newer than this build. */
     exec_sql(d.db, "PRAGMA user_version = 99");
     check_refused(&d, "newer than this tamed understands");
-    /* The fixture for version 1: the same database without what version 2
-     * added (sample ids). */
+    /* Version 2: the checkpoint's state third in its row.  It loads, and the
+     * migration moves it last. */
+    old_checkpoint_layout(d.db);
+    exec_sql(d.db, "PRAGMA user_version = 2");
+    daemon_restart(&d, NULL);
+    wait_ready(&d);
+    ck_assert_msg(daemon_log_has(&d, "msg=\"model loaded\" model=m checkpoint=384 "), "see %s", d.log_path);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    check_current_schema(d.db);
+    /* Version 1: the same, and without what version 2 added (sample ids). */
+    old_checkpoint_layout(d.db);
     exec_sql(d.db, "DROP TABLE sample_ids; PRAGMA user_version = 1");
     daemon_restart(&d, NULL);
     wait_ready(&d);
@@ -556,14 +593,7 @@ START_TEST(a_newer_database_is_refused_and_an_older_one_migrated)
     json_decref(a);
     free(body);
     ck_assert_int_eq(daemon_stop(&d), 0);
-    sqlite3 *h;
-    ck_assert_int_eq(sqlite3_open_v2(d.db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_stmt *s;
-    ck_assert_int_eq(sqlite3_prepare_v2(h, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
-    ck_assert_int_eq(sqlite3_column_int(s, 0), 2);
-    sqlite3_finalize(s);
-    sqlite3_close(h);
+    check_current_schema(d.db);
     daemon_remove(&d);
 }
 END_TEST
