@@ -187,6 +187,27 @@ START_TEST(checkpoints_replace_each_other_and_trims_are_bounded)
     ck_assert_mem_eq(b, "newer", 5);
     free(b);
     ck_assert_int_eq(store_checkpoint_get(st, id + 1, &pos, &b, &len), TAME_E_NOTFOUND);
+    /* A state of several 4 MiB pieces, the last one partial, written into
+     * its zeroblob and rolled back with the transaction like any row. */
+    size_t big_len = (9u << 20) + 12345;
+    unsigned char *big = malloc(big_len);
+    for (size_t i = 0; i < big_len; i++) big[i] = (unsigned char)(i * 2654435761u >> 13);
+    ck_assert_int_eq(store_begin(st), 0);
+    ck_assert_int_eq(store_checkpoint_put(st, id, 13, big, big_len), 0);
+    ck_assert_int_eq(store_commit(st), 0);
+    ck_assert_int_eq(store_checkpoint_get(st, id, &pos, &b, &len), 0);
+    ck_assert_int_eq(pos, 13);
+    ck_assert_uint_eq(len, big_len);
+    ck_assert(memcmp(b, big, big_len) == 0);
+    free(b);
+    ck_assert_int_eq(store_begin(st), 0);
+    ck_assert_int_eq(store_checkpoint_put(st, id, 14, "short", 5), 0);
+    store_rollback(st);
+    ck_assert_int_eq(store_checkpoint_get(st, id, &pos, &b, &len), 0);
+    ck_assert_int_eq(pos, 13);
+    ck_assert_uint_eq(len, big_len);
+    free(b);
+    free(big);
     /* The 12 records before position 12, 5 at a time. */
     bool done = false;
     int rounds = 0;
