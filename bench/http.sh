@@ -3,6 +3,8 @@
 # 127.0.0.1:18181, streams Split Fashion-MNIST over HTTP (tame-eval --url, 128-sample
 # requests) and in-process for the ingest ratio, then measures single-sample
 # predictions with wrk at 1 and 64 connections while another stream trains.
+# Ends with one line "RESULT key=value ..." (p99 in ms), for collecting
+# several runs: for i in 1 2 3; do sh bench/http.sh build; done | grep RESULT
 # Usage: bench/http.sh [BUILD_DIR] [EPOCHS]
 set -eu
 build=${1:-build}
@@ -44,5 +46,18 @@ for c in 1 64; do
     http://127.0.0.1:18181/v1/models/tame-eval-split-1/predict | tee "$out/wrk-$c.txt"
   t1=$(curl -s http://127.0.0.1:18181/v1/models/tame-eval-split-2 | sed 's/.*"samples_trained":\([0-9]*\).*/\1/')
   echo "meanwhile the other model trained $((t1 - t0)) samples"
+  echo $((t1 - t0)) > "$out/trained-$c.txt"
 done
 kill $feeder 2>/dev/null || true
+# wrk prints latencies in us, ms or s: p99 in ms, and requests/s.
+wrk_stats() {
+  awk '/^ +99%/ { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+                  p = u == "us" ? v / 1000 : u == "s" ? v * 1000 : v }
+       /^Requests\/sec/ { r = $2 } END { printf "%.0f %.2f", r, p }' "$1"
+}
+sps() { sed -n 's/.*"samples_per_second": *\([0-9.]*\).*/\1/p' "$1"; }
+set -- $(wrk_stats "$out/wrk-64-idle.txt") $(wrk_stats "$out/wrk-1.txt") $(wrk_stats "$out/wrk-64.txt")
+h=$(sps "$out/ingest-http.json"); i2=$(sps "$out/ingest-inprocess.json"); i1=$(sps "$out/ingest-inprocess-1.json")
+echo "RESULT idle64_rps=$1 idle64_p99=$2 c1_rps=$3 c1_p99=$4 c64_rps=$5 c64_p99=$6" \
+  "c64_trained=$(cat "$out/trained-64.txt") ingest_http=$h inproc_1t=$i1 inproc_2t=$i2" \
+  "ratio_1t=$(awk "BEGIN { printf \"%.2f\", $h / $i1 }") ratio_2t=$(awk "BEGIN { printf \"%.2f\", $h / $i2 }")"
