@@ -41,6 +41,15 @@ static struct store *open_store(void)
     return st;
 }
 
+/* A fresh store holding model "m", left inside an open transaction. */
+static struct store *open_store_with_model(int64_t *id)
+{
+    struct store *st = open_store();
+    ck_assert_int_eq(store_begin(st), 0);
+    ck_assert_int_eq(store_model_create(st, "m", "params", 6, id), 0);
+    return st;
+}
+
 static void sql(const char *text)
 {
     sqlite3 *h;
@@ -105,10 +114,8 @@ static int collect(void *ctx, const struct store_record *rec)
 
 START_TEST(log_records_come_back_in_order_from_any_position)
 {
-    struct store *st = open_store();
     int64_t id;
-    ck_assert_int_eq(store_begin(st), 0);
-    ck_assert_int_eq(store_model_create(st, "m", "params", 6, &id), 0);
+    struct store *st = open_store_with_model(&id);
     float x[3 * 2] = {1, 1, 2, 2, 3, 3};
     int32_t y[3] = {0, 1, 0};
     ck_assert_int_eq(store_log_append(st, id, 0, STORE_SAMPLES, 3, x, sizeof(x), y, sizeof(y)), 0);
@@ -140,10 +147,8 @@ END_TEST
 
 START_TEST(ids_are_claimed_once)
 {
-    struct store *st = open_store();
     int64_t id;
-    ck_assert_int_eq(store_begin(st), 0);
-    ck_assert_int_eq(store_model_create(st, "m", "p", 1, &id), 0);
+    struct store *st = open_store_with_model(&id);
     ck_assert_int_eq(store_id_claim(st, id, "a", 1, 0), 1);
     ck_assert_int_eq(store_id_claim(st, id, "b", 1, 1), 1);
     ck_assert_int_eq(store_id_claim(st, id, "a", 1, 2), 0);
@@ -165,10 +170,8 @@ static int count_records(void *ctx, const struct store_record *rec)
 
 START_TEST(checkpoints_replace_each_other_and_trims_are_bounded)
 {
-    struct store *st = open_store();
     int64_t id;
-    ck_assert_int_eq(store_begin(st), 0);
-    ck_assert_int_eq(store_model_create(st, "m", "p", 1, &id), 0);
+    struct store *st = open_store_with_model(&id);
     for (uint64_t p = 0; p < 20; p++) ck_assert_int_eq(store_log_append(st, id, p, STORE_FLUSH, 1, NULL, 0, NULL, 0), 0);
     for (int i = 0; i < 10; i++) {
         char key[8];
@@ -228,10 +231,8 @@ END_TEST
 
 START_TEST(a_blob_changed_behind_the_store_fails_verification_and_reads)
 {
-    struct store *st = open_store();
     int64_t id;
-    ck_assert_int_eq(store_begin(st), 0);
-    ck_assert_int_eq(store_model_create(st, "m", "p", 1, &id), 0);
+    struct store *st = open_store_with_model(&id);
     ck_assert_int_eq(store_checkpoint_put(st, id, 3, "state", 5), 0);
     float x[2] = {1, 2};
     int32_t y[1] = {0};
