@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <stdbool.h>
 
 /* ---- errors ----------------------------------------------------------------
@@ -142,6 +143,9 @@ uint32_t tame_crc32(uint32_t crc, const void *p, size_t n);
  * Name the calling thread (shown by top -H and in /proc; cut to 15 bytes)
  * and lower its priority by `nice` (0: leave it). */
 void tame_thread_setup(const char *name, int nice);
+/* pthread_cond_wait for at most `seconds` (mu held, as for the wait): for
+ * threads that also have something to do as time passes. */
+void tame_cond_wait_s(pthread_cond_t *cv, pthread_mutex_t *mu, int seconds);
 
 /* ---- numbers as text ---------------------------------------------------------
  * A finite float as a JSON number of at most 9 significant digits that parses

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 void tame_thread_setup(const char *name, int nice)
@@ -18,4 +19,12 @@ void tame_thread_setup(const char *name, int nice)
      * fails, the thread simply competes as an equal. */
     if (nice > 0 && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice) != 0)
         TAME_LOG(TAME_LOG_WARN, "cannot lower a thread's priority", "thread=%s errno=%d", n, errno);
+}
+
+void tame_cond_wait_s(pthread_cond_t *cv, pthread_mutex_t *mu, int seconds)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += seconds;
+    pthread_cond_timedwait(cv, mu, &until);
 }

@@ -315,10 +315,7 @@ static void *fold_main(void *arg)
     pthread_mutex_lock(&s->commit_mu);
     while (!s->commit_stop) {
         if (!s->fold_due) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
-            pthread_cond_timedwait(&s->fold_cv, &s->commit_mu, &until);
+            tame_cond_wait_s(&s->fold_cv, &s->commit_mu, 1);
             continue;
         }
         s->fold_due = false;
@@ -349,10 +346,7 @@ static void *probe_main(void *arg)
     tame_thread_setup("db-prober", 0);
     pthread_mutex_lock(&s->commit_mu);
     while (!s->commit_stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
-        pthread_cond_timedwait(&s->probe_cv, &s->commit_mu, &until);
+        tame_cond_wait_s(&s->probe_cv, &s->commit_mu, 1);
         if (s->commit_stop || s->leader || s->ops_head) continue;
         s->leader = true;
         bool degraded = s->stats.degraded;

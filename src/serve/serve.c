@@ -708,10 +708,7 @@ static void *worker_main(void *arg)
         if (!m) {
             if (s->stopping && (!s->draining || !stop_work_locked(s))) break;
             /* Timed: a checkpoint falls due with time alone. */
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
-            pthread_cond_timedwait(&s->work_cv, &s->mu, &until);
+            tame_cond_wait_s(&s->work_cv, &s->mu, 1);
             continue;
         }
         m->busy = true;
