@@ -21,7 +21,8 @@ int tame_fmt_float_shortest(char *out, float f)
         char buf[TAME_FLOAT_TEXT_MAX + 1];
         int n = fmt_digits(buf, f, digits);
         buf[n] = 0;
-        if (strtof(buf, NULL) == f && signbit(strtof(buf, NULL)) == signbit(f)) {
+        float back = strtof(buf, NULL);
+        if (memcmp(&back, &f, sizeof(f)) == 0) { /* the same float, -0 apart from 0 */
             memcpy(out, buf, (size_t)n);
             return n;
         }
