@@ -175,6 +175,20 @@ static bool eisel_lemire(uint64_t w, int q, double *out)
     return true;
 }
 
+/* mant * 10^e exactly rounded, by the one rule both parsers follow (so a
+ * number's double never depends on which of them read it): Clinger's exact
+ * fast path for a mantissa up to 2^53 and |e| <= 22, else Eisel-Lemire;
+ * false leaves it to strtod. */
+static inline bool decimal_to_double(uint64_t mant, int e, double *out)
+{
+    if (mant <= (1ULL << 53) && e >= -22 && e <= 22) {
+        double v = (double)mant;
+        *out = e >= 0 ? v * pow10_exact[e] : v / pow10_exact[-e];
+        return true;
+    }
+    return eisel_lemire(mant, e, out);
+}
+
 /* If the 8 bytes at p are all ASCII digits, their value (0..99999999).
  * Each byte b is a digit when (b & 0xF0) == 0x30 and ((b + 6) & 0xF0) ==
  * 0x30; no byte carries into the next.  Then pairs, quads and the octet
@@ -262,12 +276,7 @@ static inline const char *parse_number_fast(const char *s, double *out, bool *is
     /* 20 digits fit 64 bits, but parse_number keeps 19 and calls strtod */
     if (*p == 'e' || *p == 'E' || mant >= 10000000000000000000ULL) return NULL;
     double d;
-    if (mant <= (1ULL << 53) && frac <= 22) {
-        d = (double)mant;
-        if (frac) d /= pow10_exact[frac];
-    } else if (!eisel_lemire(mant, -frac, &d)) {
-        return NULL;
-    }
+    if (!decimal_to_double(mant, -frac, &d)) return NULL;
     *is_int = frac == 0;
     *out = neg ? -d : d;
     return p;
@@ -339,16 +348,9 @@ static const char *parse_number(const char *s, const char *end, double *out, boo
         exp10 *= esign;
     }
     int e = exp10 - frac_digits;
-    if (!inexact && mant <= (1ULL << 53) && e >= -22 && e <= 22) {
-        double v = (double)mant;
-        v = e >= 0 ? v * pow10_exact[e] : v / pow10_exact[-e];
-        *out = neg ? -v : v;
-        return p;
-    }
-    /* Up to 19 digits (what printing a double gives), |e| <= 27. */
-    double el;
-    if (!inexact && eisel_lemire(mant, e, &el)) {
-        *out = neg ? -el : el;
+    double exact;
+    if (!inexact && decimal_to_double(mant, e, &exact)) {
+        *out = neg ? -exact : exact;
         return p;
     }
     char buf[512];
