@@ -929,12 +929,12 @@ static int dispatch(struct http_server *h, struct http_req *c, const char *url, 
     return ret;
 }
 
-int http_route(struct http_server *h, struct http_req *c, const char *url, const char *method,
-               char *body, size_t len, double t0)
+void http_route(struct http_server *h, struct http_req *c, const char *url, const char *method,
+                char *body, size_t len, double t0)
 {
     enum http_endpoint ep = HTTP_EP_OTHER;
-    /* dispatch leaves the reply in c; the time is measured around it. */
-    int ret = dispatch(h, c, url, method, body, len, &ep);
+    /* dispatch leaves the reply in c (none if even that failed: server.c
+     * then closes the connection); the time is measured around it. */
+    dispatch(h, c, url, method, body, len, &ep);
     http_metrics_request(h, ep, c->reply.status, tame_now_s() - t0);
-    return ret;
 }

@@ -62,8 +62,8 @@ struct http_server {
 
 /* body is the request's own buffer: numeric arrays are rewritten in place.
  * Leaves the answer in c->reply. */
-int http_route(struct http_server *h, struct http_req *c, const char *url, const char *method,
-               char *body, size_t len, double t0);
+void http_route(struct http_server *h, struct http_req *c, const char *url, const char *method,
+                char *body, size_t len, double t0);
 void http_metrics_request(struct http_server *h, enum http_endpoint ep, int status, double seconds);
 
 /* Set c's reply (replacing one set before); body is taken. */

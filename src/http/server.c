@@ -22,7 +22,6 @@ struct request {
     char *body;
     size_t len, cap;
     bool too_large;
-    bool on_lane; /* handed to the lane: resumed means answered */
     double t0;
 };
 
@@ -170,7 +169,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         return MHD_YES;
     }
-    if (req->on_lane) return send_reply(c, &req->rq.reply); /* resumed: answered */
+    if (req->rq.lane) return send_reply(c, &req->rq.reply); /* handed to the lane and resumed: answered */
     if (*upload_size > 0) {
         /* Count every byte, chunked or not; keep none past the cap. */
         if (!req->too_large && req->len + *upload_size > h->cfg.body_max_bytes) req->too_large = true;
@@ -197,7 +196,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return send_reply(c, &req->rq.reply);
     }
     if (goes_to_lane(url, method, req->len)) {
-        req->on_lane = true;
         req->rq.lane = h->lane;
         req->job.run = lane_run;
         MHD_suspend_connection(c);
