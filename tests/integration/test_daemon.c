@@ -295,6 +295,32 @@ START_TEST(bad_requests_get_a_json_error_and_change_nothing)
         free(cb.p);
         free(chunky);
     }
+    /* Request headers: about 8 KiB fit the connection's 16 KiB memory pool;
+     * 20 KiB get 431 from libmicrohttpd, and the daemon goes on. */
+    for (int k = 0; k < 2; k++) {
+        size_t pad = k ? 20000 : 8000;
+        char *hdr = malloc(pad + 16);
+        memcpy(hdr, "X-Pad: ", 7);
+        memset(hdr + 7, 'a', pad);
+        hdr[7 + pad] = 0;
+        CURL *c = curl_easy_init();
+        char url[128];
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/models/m", d.port);
+        struct buf hb = {0};
+        struct curl_slist *hh = curl_slist_append(NULL, hdr);
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hh);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &hb);
+        long status = 0;
+        ck_assert_int_eq(curl_easy_perform(c), CURLE_OK);
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        ck_assert_int_eq(status, k ? 431 : 200);
+        curl_slist_free_all(hh);
+        curl_easy_cleanup(c);
+        free(hb.p);
+        free(hdr);
+    }
     /* More samples than the queue can ever hold: 429 with Retry-After. */
     char *too_many = samples_body(&r, 0, 100, true);
     rp = request(d.port, "POST", "/v1/models/m/samples", J, too_many, strlen(too_many), NULL);
