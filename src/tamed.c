@@ -27,7 +27,7 @@ struct settings {
     char log_level[16];
     char durability[16];
     long body_max_bytes, connections_max, per_ip_max, idle_timeout_s, http_threads, lane_threads, lane_nice, workers,
-        step_threads, queue_samples, models_max, input_dim_max, classes_max, hidden_max, hidden_layers_max,
+        step_threads, queue_samples, queue_wait_ms, models_max, input_dim_max, classes_max, hidden_max, hidden_layers_max,
         experts_max, batch_max, checkpoint_batches, checkpoint_seconds, ids_keep, db_max_mb, train_nice;
 };
 
@@ -61,7 +61,8 @@ static const struct setting {
     LNG(workers, 1, 256, "2", "learner worker threads (size to the cores)"),
     LNG(step_threads, 1, 2, "1", "threads per learner step (1 keeps workers independent)"),
     LNG(train_nice, 0, 19, "10", "nice of the learner and selector threads: requests come first"),
-    LNG(queue_samples, 1, 1L << 24, "8192", "per-model queue, samples; 429 when full"),
+    LNG(queue_samples, 1, 1L << 24, "8192", "per-model queue, samples; 429 when full..."),
+    LNG(queue_wait_ms, 0, 60000, "200", "...for longer than this: a write waits for room up to this long"),
     LNG(models_max, 1, 100000, "64", "models per daemon"),
     LNG(input_dim_max, 1, 65536, "65536", "largest input_dim of a model"),
     LNG(classes_max, 2, 4096, "4096", "largest number of classes"),
@@ -279,6 +280,7 @@ int main(int argc, char **argv)
 
     struct serve_config scfg = {.workers = (int)st.workers,
                                 .queue_samples = (int)st.queue_samples,
+                                .queue_wait_ms = (int)st.queue_wait_ms,
                                 .models_max = (int)st.models_max,
                                 .step_threads = (int)st.step_threads};
     /* The database is checked before anything is written to it; one that
@@ -310,6 +312,8 @@ int main(int argc, char **argv)
     /* Fault injection for the durability tests only; not a setting. */
     const char *stall = getenv("TAMED_TEST_CHECKPOINT_PAUSE_MS");
     scfg.test_checkpoint_pause_ms = stall ? atoi(stall) : 0;
+    const char *slow = getenv("TAMED_TEST_STEP_PAUSE_MS");
+    scfg.test_step_pause_ms = slow ? atoi(slow) : 0;
     struct serve *sv;
     int svrc = serve_new(&scfg, &sv, why, sizeof(why));
     if (svrc < 0) {

@@ -767,6 +767,8 @@ static int handle_metrics(struct http_server *h, struct http_req *c)
         {"tame_selector_buffer_fill", "gauge", "Samples in the selector buffer."},
         {"tame_samples_duplicate_total", "counter", "Samples acknowledged as duplicates of a known id (since start)."},
         {"tame_checkpoint_position", "gauge", "Log items covered by the model's last checkpoint."},
+        {"tame_queue_waits_total", "counter", "Writes that found the queue full and waited for room (--queue-wait-ms)."},
+        {"tame_queue_full_total", "counter", "Writes refused with 429: the queue stayed full for --queue-wait-ms."},
     };
     enum { N_G = sizeof(gauges) / sizeof(gauges[0]) };
     char **names;
@@ -788,7 +790,8 @@ static int handle_metrics(struct http_server *h, struct http_req *c)
                            (double)cn.by_kind[TAME_EV_SELECTOR], (double)cn.queued,
                            (double)(v->info.nonfinite_batches + v->info.nonfinite_updates), a ? a->loss : NAN,
                            a ? a->s_all : NAN, a ? a->threshold : NAN, v->info.selector_fill,
-                           (double)cn.duplicates, (double)cn.checkpoint_pos};
+                           (double)cn.duplicates, (double)cn.checkpoint_pos, (double)cn.queue_waits,
+                           (double)cn.queue_full};
         memcpy(vals[shown], row, sizeof(row));
         snprintf(shown_names[shown], sizeof(shown_names[shown]), "%s", names[i]);
         shown++;

@@ -12,28 +12,33 @@
 
 #define MIN_SPAN 48 /* placeholder text: "\u0001" + 16 + index + quotes */
 
-/* Per thread: the number array of the last request (up to KEEP_MAX
- * numbers) kept for the next one, since a 128 x 784 body would otherwise
- * grow it by realloc and fault in fresh pages every time; and the nonce
- * source, a secret key from getrandom and a counter, so a request costs no
- * system call.  Nonces never leave the process; a client cannot learn the
- * key, so it cannot write a placeholder of a later request. */
+/* Number arrays of finished requests (up to KEEP_MAX numbers each) are
+ * kept for the next ones, since a 128 x 784 body would otherwise grow its
+ * array by realloc and fault in fresh pages every time.  They are shared by
+ * all threads: the second half of a cut body is parsed on one thread and
+ * released on another.  KEEP_ARRAYS covers a request in each of the lane
+ * and HTTP threads' hands. */
 #define KEEP_MAX (1u << 20)
+#define KEEP_ARRAYS 4
+static struct {
+    pthread_mutex_t mu;
+    int n;
+    double *v[KEEP_ARRAYS];
+    size_t cap[KEEP_ARRAYS];
+} kept = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Per thread, the nonce source: a secret key from getrandom and a counter,
+ * so a request costs no system call.  Nonces never leave the process; a
+ * client cannot learn the key, so it cannot write a placeholder of a later
+ * request. */
 static pthread_key_t state_key;
 static pthread_once_t state_once = PTHREAD_ONCE_INIT;
 
 struct thread_state {
-    double *v;
-    size_t cap;
     uint64_t key, counter;
 };
 
-static void state_free(void *st)
-{
-    struct thread_state *t = st;
-    free(t->v);
-    free(t);
-}
+static void state_free(void *st) { free(st); }
 
 static void state_key_make(void) { pthread_key_create(&state_key, state_free); }
 
@@ -65,10 +70,14 @@ void num_pool_init(struct num_pool *p)
 {
     memset(p, 0, sizeof(*p));
     struct thread_state *t = thread_state();
+    pthread_mutex_lock(&kept.mu);
+    if (kept.n > 0) {
+        kept.n--;
+        p->v = kept.v[kept.n], p->cap = kept.cap[kept.n];
+    }
+    pthread_mutex_unlock(&kept.mu);
     uint64_t r;
     if (t) {
-        p->v = t->v, p->cap = t->cap;
-        t->v = NULL, t->cap = 0;
         r = mix64(t->key + 0x9e3779b97f4a7c15ULL * ++t->counter);
     } else if (getrandom(&r, sizeof(r), 0) != sizeof(r)) {
         r = mix64((uint64_t)(uintptr_t)p ^ (uint64_t)time(NULL));
@@ -78,10 +87,14 @@ void num_pool_init(struct num_pool *p)
 
 void num_pool_done(struct num_pool *p)
 {
-    struct thread_state *t = pthread_getspecific(state_key);
-    if (t && !t->v && p->cap <= KEEP_MAX) {
-        t->v = p->v, t->cap = p->cap;
-        p->v = NULL;
+    if (p->v && p->cap <= KEEP_MAX) {
+        pthread_mutex_lock(&kept.mu);
+        if (kept.n < KEEP_ARRAYS) {
+            kept.v[kept.n] = p->v, kept.cap[kept.n] = p->cap;
+            kept.n++;
+            p->v = NULL;
+        }
+        pthread_mutex_unlock(&kept.mu);
     }
     if (p->next) {
         num_pool_done(p->next);

@@ -257,12 +257,34 @@ void serve_kick(struct serve *s)
 }
 
 /* Promise n queue slots to a request before it is committed, so the
- * committed samples always fit. */
+ * committed samples always fit.  A full queue is usually a learner a step
+ * or two behind (a spawn, a selector install, a checkpoint): the request,
+ * already parsed, waits up to queue_wait_ms for room rather than being
+ * refused at once and sent, and parsed, again. */
 static int reserve(struct serve_model *m, int n)
 {
     pthread_mutex_lock(&m->mu);
-    int rc = m->replaying || m->deleted ? TAME_E_UNAVAIL
-             : m->q_len + m->q_reserved + n > m->q_cap ? TAME_E_BUSY : 0;
+    struct timespec until;
+    bool waited = false, timed_out = m->s->cfg.queue_wait_ms <= 0;
+    int rc;
+    for (;;) {
+        rc = m->replaying || m->deleted ? TAME_E_UNAVAIL : 0;
+        if (rc || m->q_len + m->q_reserved + n <= m->q_cap) break;
+        if (n > m->q_cap || timed_out) {
+            rc = TAME_E_BUSY;
+            break;
+        }
+        if (!waited) {
+            waited = true;
+            m->queue_waits++;
+            clock_gettime(CLOCK_REALTIME, &until);
+            long ns = until.tv_nsec + (long)m->s->cfg.queue_wait_ms * 1000000L;
+            until.tv_sec += ns / 1000000000L;
+            until.tv_nsec = ns % 1000000000L;
+        }
+        timed_out = pthread_cond_timedwait(&m->room_cv, &m->mu, &until) == ETIMEDOUT;
+    }
+    if (rc == TAME_E_BUSY) m->queue_full++;
     if (!rc) m->q_reserved += n;
     pthread_mutex_unlock(&m->mu);
     return rc;
@@ -323,6 +345,8 @@ void serve_counters(struct serve_model *m, struct serve_counters *c)
                                  .selector_pending = m->jobs_out,
                                  .queued = (uint64_t)m->q_samples,
                                  .predictions = m->predictions,
+                                 .queue_waits = m->queue_waits,
+                                 .queue_full = m->queue_full,
                                  .events = m->n_events};
     memcpy(c->by_kind, m->by_kind, sizeof(c->by_kind));
     pthread_mutex_unlock(&m->mu);
@@ -629,6 +653,7 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
         installed++;
         free(j); /* the job itself is freed below, once it left out[] */
     }
+    if (s->cfg.test_step_pause_ms > 0 && n_units > 0) usleep((useconds_t)s->cfg.test_step_pause_ms * 1000);
     for (int u = 0; u < n_units; u++) {
         if (units[u].n > 0) {
             (void)tame_learner_step(m->learner, bx + (size_t)units[u].off * d, by + units[u].off, units[u].n);

@@ -28,6 +28,7 @@ struct store;
 struct serve_config {
     int workers;               /* learner threads, >= 1 */
     int queue_samples;         /* per-model queue capacity, samples */
+    int queue_wait_ms;         /* a write waits this long for room in a full queue, then TAME_E_BUSY */
     int models_max;            /* models per daemon */
     int step_threads;          /* threads per learner step (1 or 2) */
     const char *db_path;       /* the database (a reader is opened to replay) */
@@ -37,6 +38,7 @@ struct serve_config {
     uint64_t ids_keep;         /* remember sample ids of at least this many last items */
     int synchronous;           /* SQLite's synchronous level in force (1 NORMAL, 2 FULL), for metrics */
     int test_checkpoint_pause_ms; /* tests only: stall inside each checkpoint transaction */
+    int test_step_pause_ms;    /* tests only: stall each learner round before it trains */
     int train_nice;            /* nice of learner and selector threads (0..19) */
 };
 
@@ -103,6 +105,8 @@ struct serve_counters {
     int selector_pending;      /* selector jobs taken, not yet installed */
     uint64_t queued;           /* waiting for a worker */
     uint64_t predictions;      /* rows predicted */
+    uint64_t queue_waits;      /* writes that found the queue full and waited for room */
+    uint64_t queue_full;       /* writes refused (TAME_E_BUSY): still no room after the wait */
     uint64_t events;           /* events recorded */
     uint64_t by_kind[TAME_EV_PRUNE + 1]; /* events per tame_event_kind */
 };

@@ -46,6 +46,7 @@ struct serve_model {
     int q_samples, q_marks;  /* what q_len holds */
     uint64_t q_pos;          /* log position of the head item = items consumed */
     uint64_t acknowledged, duplicates, predictions;
+    uint64_t queue_waits, queue_full; /* writes that waited for room; that were refused */
     bool replaying;          /* its log is being replayed: no appends yet */
     bool deleted;
     uint64_t by_kind[TAME_EV_PRUNE + 1];

@@ -303,6 +303,12 @@ static int open_db(const char *path, const struct store_options *o, bool verify,
     if (tables == 0 && version == 0) rc = exec(st, "PRAGMA page_size = 65536");
     if (!rc) rc = exec(st, "PRAGMA journal_mode = WAL");
     if (!rc) rc = exec(st, o->sync == STORE_SYNC_FULL ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+    /* Each request commits inside its own savepoint, whose statement journal
+     * keeps the pages it changes; SQLite spills a journal past 64 KiB -- one
+     * of our pages -- to a temporary file in /var/tmp, created and unlinked on
+     * every commit (and impossible on a read-only container filesystem).  In
+     * memory it is a few pages per request, freed at commit. */
+    if (!rc) rc = exec(st, "PRAGMA temp_store = MEMORY");
     int64_t page = rc ? 0 : pragma_int(st, "PRAGMA page_size", &rc);
     /* Fold the WAL back every 16 MiB, so it stays small; or leave it to a
      * thread of the caller's (store_wal_fold), off the commit path, told by

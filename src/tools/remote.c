@@ -22,6 +22,8 @@ struct fmt_entry {
     char text[TAME_FLOAT_TEXT_MAX];
 };
 
+#define SEND_SLOTS 2
+
 struct remote {
     CURL *curl;
     char base[256];
@@ -31,16 +33,21 @@ struct remote {
     struct tame_wbuf req;      /* the body being formatted */
     char err[512];
     struct fmt_entry cache[FMT_CACHE];
-    /* Samples are sent by a sender thread, so that the next request is
-     * formatted while the daemon parses this one.  The connection is used
-     * by one thread at a time: every other call waits for the sender. */
+    /* Samples are sent by a sender thread, so that the next requests are
+     * formatted while the daemon parses this one.  Up to SEND_SLOTS bodies
+     * wait in a ring, in order: the sender goes from one to the next without
+     * waiting for the formatting thread to hand it over.  The connection is
+     * used by one thread at a time: every other call waits for the sender. */
     pthread_t sender;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool sender_started, busy, stop;
+    bool sender_started, stop;
     int send_rc;               /* first failure of the sender, 0 if none */
-    struct tame_wbuf send;     /* the body being sent */
-    char send_path[256];
+    int send_head, queued;     /* the oldest slot, and how many are filled */
+    struct send_slot {
+        struct tame_wbuf body;
+        char path[256];
+    } slot[SEND_SLOTS];
 };
 
 const char *remote_error(const struct remote *r) { return r->err; }
@@ -118,25 +125,28 @@ static void *sender_main(void *arg)
     struct remote *r = arg;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (!r->busy && !r->stop) pthread_cond_wait(&r->cv, &r->mu);
-        if (!r->busy) break;
+        while (!r->queued && !r->stop) pthread_cond_wait(&r->cv, &r->mu);
+        if (!r->queued) break;
+        struct send_slot *sl = &r->slot[r->send_head]; /* only the sender touches a filled slot */
         pthread_mutex_unlock(&r->mu);
-        int rc = request_retry(r, "POST", r->send_path, (const char *)r->send.data, r->send.len) == 200 ? 0
-                                                                                                     : TAME_E_IO;
+        int rc = request_retry(r, "POST", sl->path, (const char *)sl->body.data, sl->body.len) == 200 ? 0
+                                                                                                    : TAME_E_IO;
         pthread_mutex_lock(&r->mu);
         if (rc && !r->send_rc) r->send_rc = rc;
-        r->busy = false;
+        r->send_head = (r->send_head + 1) % SEND_SLOTS;
+        r->queued--;
         pthread_cond_broadcast(&r->cv);
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;
 }
 
-/* Wait until the sender is idle; its first failure, if any. */
-static int sender_sync(struct remote *r)
+/* Wait until at most `room_for` bodies are still queued; the sender's
+ * first failure, if any.  0: the sender is idle. */
+static int sender_wait(struct remote *r, int room_for)
 {
     pthread_mutex_lock(&r->mu);
-    while (r->busy) pthread_cond_wait(&r->cv, &r->mu);
+    while (r->queued > room_for && !r->send_rc) pthread_cond_wait(&r->cv, &r->mu);
     int rc = r->send_rc;
     pthread_mutex_unlock(&r->mu);
     return rc;
@@ -180,7 +190,7 @@ void remote_close(struct remote *r)
     if (!r) return;
     if (r->sender_started) {
         pthread_mutex_lock(&r->mu);
-        while (r->busy) pthread_cond_wait(&r->cv, &r->mu);
+        while (r->queued) pthread_cond_wait(&r->cv, &r->mu);
         r->stop = true;
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
@@ -188,7 +198,7 @@ void remote_close(struct remote *r)
         pthread_mutex_destroy(&r->mu);
         pthread_cond_destroy(&r->cv);
     }
-    tame_wbuf_done(&r->send);
+    for (int k = 0; k < SEND_SLOTS; k++) tame_wbuf_done(&r->slot[k].body);
     if (r->curl) curl_easy_cleanup(r->curl);
     curl_slist_free_all(r->headers);
     free(r->resp);
@@ -232,7 +242,7 @@ static json_t *request_json(struct remote *r, const char *method, const char *pa
 
 int remote_create(struct remote *r, const char *name, const struct tame_params *p)
 {
-    if (sender_sync(r) < 0) return TAME_E_IO;
+    if (sender_wait(r, 0) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s", name);
     long st = request(r, "DELETE", path, NULL, 0);
@@ -265,18 +275,19 @@ int remote_samples(struct remote *r, const char *name, const float *x, const int
     tame_wbuf_printf(&r->req, "],\"y\":[");
     for (int i = 0; i < n; i++) tame_wbuf_printf(&r->req, i ? ",%d" : "%d", y[i]);
     tame_wbuf_printf(&r->req, "]}");
-    /* Hand the body to the sender (after the previous one went out) and
-     * return to format the next. */
-    int rc = sender_sync(r);
+    /* Queue the body behind the ones not sent yet (waiting for a free
+     * slot) and return to format the next. */
+    int rc = sender_wait(r, SEND_SLOTS - 1);
     if (rc < 0) return rc;
     if (r->req.err) return r->req.err;
-    struct tame_wbuf t = r->send;
-    r->send = r->req;
+    pthread_mutex_lock(&r->mu);
+    struct send_slot *sl = &r->slot[(r->send_head + r->queued) % SEND_SLOTS];
+    struct tame_wbuf t = sl->body;
+    sl->body = r->req;
     r->req = t;
     r->req.len = 0;
-    snprintf(r->send_path, sizeof(r->send_path), "/v1/models/%s/samples", name);
-    pthread_mutex_lock(&r->mu);
-    r->busy = true;
+    snprintf(sl->path, sizeof(sl->path), "/v1/models/%s/samples", name);
+    r->queued++;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     return 0;
@@ -284,7 +295,7 @@ int remote_samples(struct remote *r, const char *name, const float *x, const int
 
 int remote_flush(struct remote *r, const char *name)
 {
-    if (sender_sync(r) < 0) return TAME_E_IO;
+    if (sender_wait(r, 0) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s/flush", name);
     return request_retry(r, "POST", path, "{}", 2) == 200 ? 0 : TAME_E_IO;
@@ -292,7 +303,7 @@ int remote_flush(struct remote *r, const char *name)
 
 int remote_retrain_selector(struct remote *r, const char *name)
 {
-    if (sender_sync(r) < 0) return TAME_E_IO;
+    if (sender_wait(r, 0) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s", name);
     json_t *m = request_json(r, "GET", path, NULL, 200);
@@ -316,7 +327,7 @@ int remote_retrain_selector(struct remote *r, const char *name)
 
 int remote_wait(struct remote *r, const char *name, uint64_t trained, bool selector, int *ret_experts)
 {
-    if (sender_sync(r) < 0) return TAME_E_IO;
+    if (sender_wait(r, 0) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s", name);
     for (;;) {
@@ -340,7 +351,7 @@ int remote_wait(struct remote *r, const char *name, uint64_t trained, bool selec
 
 int remote_events(struct remote *r, const char *name, struct tame_event **ret, size_t *ret_n)
 {
-    if (sender_sync(r) < 0) return TAME_E_IO;
+    if (sender_wait(r, 0) < 0) return TAME_E_IO;
     struct tame_event *ev = NULL;
     size_t n = 0, cap = 0;
     long long from = 0;
@@ -392,7 +403,7 @@ int remote_events(struct remote *r, const char *name, struct tame_event **ret, s
 int remote_predict(struct remote *r, const char *name, const float *x, int n, int dim, int classes,
                    struct tame_prediction *outp, float *probs)
 {
-    if (sender_sync(r) < 0) return TAME_E_IO;
+    if (sender_wait(r, 0) < 0) return TAME_E_IO;
     char path[256];
     snprintf(path, sizeof(path), "/v1/models/%s/predict", name);
     for (int start = 0; start < n; start += 256) {

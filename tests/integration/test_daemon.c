@@ -9,6 +9,7 @@
 #include <check.h>
 #include <curl/curl.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -692,6 +694,97 @@ START_TEST(a_write_waiting_for_its_commit_does_not_hold_up_predictions)
 }
 END_TEST
 
+/* The model's queue_waits and queue_full counters from /metrics. */
+static void queue_counters(int port, double *waits, double *full)
+{
+    struct reply m = call(port, "GET", "/metrics", NULL);
+    ck_assert_int_eq(m.status, 200);
+    *waits = metric(m.body, "tame_queue_waits_total{model=\"m\"}");
+    *full = metric(m.body, "tame_queue_full_total{model=\"m\"}");
+    free(m.body);
+}
+
+START_TEST(a_write_to_a_full_queue_waits_for_room_then_gets_429)
+{
+    /* A queue of two batches, and every learner round stalls before it
+     * trains (test hook): 64 samples fill the queue until the round ends.
+     * With --queue-wait-ms longer than the stall, the next write waits and
+     * is acknowledged; shorter, it is refused with 429 and changes nothing. */
+    struct tame_rng r;
+    tame_rng_seed(&r, 41);
+    char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
+    for (int refuse = 0; refuse < 2; refuse++) {
+        setenv("TAMED_TEST_STEP_PAUSE_MS", refuse ? "3000" : "1000", 1);
+        const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", refuse ? "100" : "10000", NULL};
+        struct daemon d;
+        daemon_start(&d, flags);
+        unsetenv("TAMED_TEST_STEP_PAUSE_MS");
+        json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", fill, 200));
+        double waits, full;
+        queue_counters(d.port, &waits, &full);
+        ck_assert(waits == 0 && full == 0);
+        struct reply rp = request(d.port, "POST", "/v1/models/m/samples", "application/json", more, strlen(more),
+                                  NULL);
+        queue_counters(d.port, &waits, &full);
+        ck_assert_double_eq(waits, 1);
+        json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+        if (refuse) {
+            ck_assert_int_eq(rp.status, 429);
+            ck_assert_str_eq(rp.retry_after, "1");
+            ck_assert_ptr_nonnull(strstr(rp.body, "\"BUSY\""));
+            ck_assert_double_eq(full, 1);
+            ck_assert_int_eq((long)jnum(m, "samples_acknowledged"), 64);
+        } else {
+            ck_assert_msg(rp.status == 200, "status %ld: %s", rp.status, rp.body);
+            ck_assert_double_eq(full, 0);
+            ck_assert_int_eq((long)jnum(m, "samples_acknowledged"), 96);
+        }
+        json_decref(m);
+        free(rp.body);
+        ck_assert_int_eq(daemon_stop(&d), 0);
+        daemon_remove(&d);
+    }
+    free(fill);
+    free(more);
+}
+END_TEST
+
+START_TEST(commits_create_no_temporary_files)
+{
+    /* Each request commits in a savepoint; SQLite spills a savepoint's
+     * journal of more than 64 KiB (one of tamed's pages) to a file in its
+     * temporary directory, unless told to keep it in memory.  Watch that
+     * directory while samples are committed: nothing may appear in it (a
+     * container with a read-only filesystem has none to give). */
+    char tmp[] = "/tmp/tamed-sqlite-tmp-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(tmp));
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_ge(inotify_add_watch(fd, tmp, IN_CREATE), 0);
+    setenv("SQLITE_TMPDIR", tmp, 1);
+    struct daemon d;
+    daemon_start(&d, NULL);
+    unsetenv("SQLITE_TMPDIR");
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct tame_rng r;
+    tame_rng_seed(&r, 43);
+    for (int i = 0; i < 8; i++) {
+        char *body = samples_body(&r, 0, 32, false);
+        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
+        free(body);
+    }
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    char ev[4096];
+    ssize_t got = read(fd, ev, sizeof(ev));
+    ck_assert_msg(got < 0 && errno == EAGAIN, "a file was created in SQLite's temporary directory: %s",
+                  got > (ssize_t)sizeof(struct inotify_event) ? ((struct inotify_event *)ev)->name : "?");
+    close(fd);
+    rmdir(tmp);
+    daemon_remove(&d);
+}
+END_TEST
+
 static long trained(int port, const char *model)
 {
     char path[128];
@@ -825,6 +918,8 @@ int main(int argc, char **argv)
     tcase_add_test(tc, sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_sample);
     tcase_add_test(tc, training_threads_run_below_the_http_threads);
     tcase_add_test(tc, a_write_waiting_for_its_commit_does_not_hold_up_predictions);
+    tcase_add_test(tc, a_write_to_a_full_queue_waits_for_room_then_gets_429);
+    tcase_add_test(tc, commits_create_no_temporary_files);
     tcase_add_test(tc, a_large_body_parsed_in_two_parts_means_the_same_as_small_ones);
     tcase_add_test(tc, sigterm_handled_on_another_thread_still_stops_the_daemon);
     suite_add_tcase(s, tc);
