@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
 #define MAX_TASKS 64
@@ -36,6 +37,7 @@ struct options {
     const char *url;        /* stream to a running tamed instead of in-process */
     const char *token_file;
     int request_size;       /* samples per HTTP request */
+    double rate;            /* --url: samples per second at most (0: as fast as the daemon takes them) */
     struct tame_params p; /* overrides on top of the defaults */
 };
 
@@ -50,6 +52,8 @@ struct system {
     char model[64];
     float *rx;                             /* --url: samples waiting to be sent */
     int *ry, r_fill;
+    double rate, rate_t0;                  /* --rate, and when the first request went out */
+    uint64_t r_sent;                       /* samples handed to the daemon */
     int n;                                 /* learners */
     struct tame_learner *l[MAX_TASKS];
     uint64_t trained[TAME_MAX_EXPERTS][MAX_TASKS]; /* samples per (expert, true task) */
@@ -338,6 +342,18 @@ static double measure_sgemm(const struct tame_params *p, int n)
 
 /* ---------------------------------------------------------------- --url */
 
+/* With --rate, wait until the stream is due to have sent `sent` samples:
+ * a stream arriving at its own pace (a sensor, a feed), not as fast as the
+ * daemon acknowledges. */
+static void pace(struct system *sys)
+{
+    if (sys->rate <= 0) return;
+    double now = tame_now_s();
+    if (sys->r_sent == 0) sys->rate_t0 = now;
+    double due = sys->rate_t0 + (double)sys->r_sent / sys->rate;
+    if (due > now) usleep((useconds_t)((due - now) * 1e6));
+}
+
 /* Hand samples to the daemon in requests of --request-size. */
 static void remote_push(struct system *sys, const float *x, const int *y, int n, int dim, int request_size,
                         bool last)
@@ -347,6 +363,8 @@ static void remote_push(struct system *sys, const float *x, const int *y, int n,
     sys->r_fill += n;
     while (sys->r_fill >= request_size || (last && sys->r_fill > 0)) {
         int m = sys->r_fill < request_size ? sys->r_fill : request_size;
+        pace(sys);
+        sys->r_sent += (uint64_t)m;
         if (remote_samples(sys->remote, sys->model, sys->rx, sys->ry, m, dim) < 0)
             die("%s", remote_error(sys->remote));
         sys->r_fill -= m;
@@ -401,6 +419,7 @@ static void run(const struct options *o, const struct idx_set *train, const stru
                  : s.spec.kind == STREAM_PERMUTED ? "permuted" : s.spec.kind == STREAM_ROTATED ? "rotated"
                  : "recurring", (unsigned long long)s.spec.seed);
         if (remote_create(sys.remote, sys.model, &p) < 0) die("%s", remote_error(sys.remote));
+        sys.rate = o->rate;
         sys.rx = malloc((size_t)(o->request_size + p.batch_size) * train->dim * sizeof(float));
         sys.ry = malloc((size_t)(o->request_size + p.batch_size) * sizeof(int));
         if (!sys.rx || !sys.ry) die("out of memory");
@@ -820,6 +839,8 @@ static void usage(FILE *f)
             "  --url URL           stream to a running tamed (e.g. http://127.0.0.1:8080) over\n"
             "                      HTTP instead of in-process; --token-file FILE for its token\n"
             "  --request-size N    samples per HTTP request with --url (default 128)\n"
+            "  --rate N            with --url, send at most N samples a second (default: as\n"
+            "                      fast as the daemon acknowledges them)\n"
             "  --quiet             no progress lines on stderr\n");
 }
 
@@ -859,7 +880,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     enum {
         O_DATA = 256, O_STREAM, O_TASKS, O_SEQ, O_EPOCHS, O_LABELS, O_SEED, O_BASE, O_MATRIX, O_BENCH,
         O_JSON, O_TRAIN_LIMIT, O_TEST_LIMIT, O_BATCH, O_HIDDEN, O_LR, O_KSIG, O_KWARN, O_MINB, O_WINDOW,
-        O_ALPHA, O_SFLOOR, O_HSCALE, O_URL, O_TOKEN, O_REQSIZE, O_SELEP, O_SELLR, O_ESPARSE, O_SSPARSE, O_FTEP, O_QUIET, O_THREADS, O_HELP
+        O_ALPHA, O_SFLOOR, O_HSCALE, O_URL, O_TOKEN, O_REQSIZE, O_RATE, O_SELEP, O_SELLR, O_ESPARSE, O_SSPARSE, O_FTEP, O_QUIET, O_THREADS, O_HELP
     };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"stream", 1, 0, O_STREAM}, {"tasks", 1, 0, O_TASKS},
@@ -870,7 +891,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"lr", 1, 0, O_LR}, {"k-sigma", 1, 0, O_KSIG}, {"k-warn", 1, 0, O_KWARN},
         {"min-batches", 1, 0, O_MINB}, {"window", 1, 0, O_WINDOW}, {"alpha", 1, 0, O_ALPHA}, {"sigma-floor", 1, 0, O_SFLOOR},
         {"head-scale", 1, 0, O_HSCALE}, {"url", 1, 0, O_URL}, {"token-file", 1, 0, O_TOKEN},
-        {"request-size", 1, 0, O_REQSIZE},
+        {"request-size", 1, 0, O_REQSIZE}, {"rate", 1, 0, O_RATE},
         {"selector-epochs", 1, 0, O_SELEP}, {"selector-lr", 1, 0, O_SELLR}, {"expert-sparsity", 1, 0, O_ESPARSE},
         {"selector-sparsity", 1, 0, O_SSPARSE}, {"finetune-epochs", 1, 0, O_FTEP},
         {"quiet", 0, 0, O_QUIET}, {"threads", 1, 0, O_THREADS}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
@@ -925,6 +946,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         case O_URL: o->url = optarg; break;
         case O_TOKEN: o->token_file = optarg; break;
         case O_REQSIZE: o->request_size = (int)parse_long(optarg, "--request-size", 1, 1 << 20); break;
+        case O_RATE: o->rate = (double)parse_long(optarg, "--rate", 1, 100000000); break;
         case O_HSCALE: o->p.head_scale = parse_float(optarg, "--head-scale"); break;
         case O_SFLOOR: o->p.sigma_floor = parse_float(optarg, "--sigma-floor"); break;
         case O_SELEP: o->p.selector_epochs = (int)parse_long(optarg, "--selector-epochs", 1, 10000); break;
@@ -942,6 +964,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
     if (o->url && (o->matrix || o->baseline != BASE_NONE || o->bench))
         die("--matrix, --baseline and --bench run in-process only, not with --url");
+    if (!o->url && o->rate > 0) die("--rate paces a stream sent with --url");
     bool split_like = o->spec.kind == STREAM_SPLIT || o->spec.kind == STREAM_RECURRING;
     o->spec.tasks = tasks ? tasks : split_like ? 5 : 10;
     if (o->spec.kind == STREAM_RECURRING) {

@@ -1,9 +1,11 @@
 /* test_eval.c: runs the real tame-eval binary on a small IDX data set that
  * the test writes itself (training files gzipped, test files plain), and
  * checks its JSON report: the keys scripts rely on, the experts found, the
- * detection delays, and that TAME lands between the finetune and oracle
- * baselines. */
+ * detection delays, that TAME lands between the finetune and oracle
+ * baselines, and that the stream sent to a real tamed (--url) learns what
+ * it learns in-process. */
 #include "check_run.h"
+#include "harness.h"
 
 #include <check.h>
 #include <jansson.h>
@@ -230,6 +232,62 @@ START_TEST(recurring_stream_reuses_the_returning_task_expert)
 }
 END_TEST
 
+/* The events that depend on the experts alone: detections, spawns, reuses
+ * and expert prunes, as "kind batch from to" lines.  Selector retrains (and
+ * the prunes of the selectors they make) come at other batches in the
+ * daemon, which retrains in the background as the expert set changes. */
+static char *expert_events(json_t *r)
+{
+    size_t cap = 4096, len = 0, i;
+    char *out = calloc(1, cap);
+    json_t *ev;
+    json_array_foreach(json_object_get(r, "events"), i, ev) {
+        const char *kind = json_string_value(json_object_get(ev, "kind"));
+        int from = (int)json_integer_value(json_object_get(ev, "from"));
+        if (!strcmp(kind, "selector") || (!strcmp(kind, "prune") && from < 0)) continue;
+        if (len + 64 > cap) out = realloc(out, cap *= 2);
+        len += (size_t)snprintf(out + len, cap - len, "%s %lld %d %lld\n", kind,
+                                (long long)json_integer_value(json_object_get(ev, "batch")), from,
+                                (long long)json_integer_value(json_object_get(ev, "to")));
+    }
+    return out;
+}
+
+START_TEST(a_stream_sent_to_tamed_learns_what_it_learns_in_process)
+{
+    /* The same split stream in-process and over HTTP to a real tamed, in
+     * requests of 100 samples (not a multiple of the batch of 32, so
+     * batches straddle requests), paced by --rate: the same experts, found
+     * at the same batches, and the same accuracy. */
+    struct daemon d;
+    daemon_start(&d, NULL);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", d.port);
+    json_t *in, *http;
+    const char *local[] = {"--stream", "split", "--labels", "global", NULL};
+    ck_assert_int_eq(run_eval(local, "inproc", &in), 0);
+    const char *remote[] = {"--stream", "split", "--labels", "global", "--url", url,
+                            "--request-size", "100", "--rate", "100000", NULL};
+    ck_assert_int_eq(run_eval(remote, "http", &http), 0);
+    ck_assert_ptr_nonnull(in);
+    ck_assert_ptr_nonnull(http);
+    ck_assert_int_eq((int)num(http, "experts"), 5);
+    ck_assert_int_eq((int)num(http, "experts"), (int)num(in, "experts"));
+    ck_assert_int_eq((int)num(http, "stream.batches"), (int)num(in, "stream.batches"));
+    ck_assert_int_eq((int)num(http, "false_detections"), (int)num(in, "false_detections"));
+    char *ea = expert_events(in), *eb = expert_events(http);
+    ck_assert_msg(strstr(ea, "spawn") != NULL, "no spawn in-process");
+    ck_assert_str_eq(eb, ea);
+    ck_assert_double_eq_tol(num(http, "average_accuracy"), num(in, "average_accuracy"), 0.02);
+    free(ea);
+    free(eb);
+    json_decref(in);
+    json_decref(http);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 START_TEST(bad_invocations_fail_with_a_message)
 {
     json_t *r;
@@ -242,14 +300,17 @@ START_TEST(bad_invocations_fail_with_a_message)
     ck_assert_int_eq(run_eval(bad_seq, "bad3", &r), 2);
     const char *bad_num[] = {"--epochs", "lots", NULL};
     ck_assert_int_eq(run_eval(bad_num, "bad4", &r), 2);
+    const char *rate_alone[] = {"--rate", "1000", NULL}; /* paces --url streams only */
+    ck_assert_int_eq(run_eval(rate_alone, "bad5", &r), 2);
 }
 END_TEST
 
 int main(int argc, char **argv)
 {
     eval_bin = argc > 1 ? argv[1] : getenv("TAME_EVAL");
-    if (!eval_bin) {
-        fprintf(stderr, "usage: test_eval PATH_TO_TAME_EVAL\n");
+    tamed_bin = argc > 2 ? argv[2] : getenv("TAMED");
+    if (!eval_bin || !tamed_bin) {
+        fprintf(stderr, "usage: test_eval PATH_TO_TAME_EVAL PATH_TO_TAMED\n");
         return 2;
     }
     Suite *s = suite_create("eval");
@@ -259,6 +320,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, split_stream_report_has_every_key_and_finds_every_task);
     tcase_add_test(tc, tame_lands_between_finetune_and_oracle);
     tcase_add_test(tc, recurring_stream_reuses_the_returning_task_expert);
+    tcase_add_test(tc, a_stream_sent_to_tamed_learns_what_it_learns_in_process);
     tcase_add_test(tc, bad_invocations_fail_with_a_message);
     suite_add_tcase(s, tc);
     return check_run(s);
