@@ -62,7 +62,7 @@ static const struct setting {
     LNG(step_threads, 1, 2, "1", "threads per learner step (1 keeps workers independent)"),
     LNG(train_nice, 0, 19, "10", "nice of the learner and selector threads: requests come first"),
     LNG(queue_samples, 1, 1L << 24, "8192", "per-model queue, samples; 429 when full..."),
-    LNG(queue_wait_ms, 0, 60000, "200", "...for longer than this: a write waits for room up to this long"),
+    LNG(queue_wait_ms, 0, 60000, "200", "...for longer than this: a write waits for room up to this long (one fewer than --lane-threads at a time)"),
     LNG(models_max, 1, 100000, "64", "models per daemon"),
     LNG(input_dim_max, 1, 65536, "65536", "largest input_dim of a model"),
     LNG(classes_max, 2, 4096, "4096", "largest number of classes"),
@@ -281,6 +281,8 @@ int main(int argc, char **argv)
     struct serve_config scfg = {.workers = (int)st.workers,
                                 .queue_samples = (int)st.queue_samples,
                                 .queue_wait_ms = (int)st.queue_wait_ms,
+                                /* a lane thread always left for the other models' writes */
+                                .queue_waiters_max = (int)st.lane_threads - 1,
                                 .models_max = (int)st.models_max,
                                 .step_threads = (int)st.step_threads};
     /* The database is checked before anything is written to it; one that

@@ -260,12 +260,15 @@ void serve_kick(struct serve *s)
  * committed samples always fit.  A full queue is usually a learner a step
  * or two behind (a spawn, a selector install, a checkpoint): the request,
  * already parsed, waits up to queue_wait_ms for room rather than being
- * refused at once and sent, and parsed, again. */
+ * refused at once and sent, and parsed, again.  A waiting write holds its
+ * thread (a lane thread), so at most queue_waiters_max wait at a time: one
+ * slow model must not hold up the writes of every other. */
 static int reserve(struct serve_model *m, int n)
 {
+    struct serve *s = m->s;
     pthread_mutex_lock(&m->mu);
     struct timespec until;
-    bool waited = false, timed_out = m->s->cfg.queue_wait_ms <= 0;
+    bool waited = false, timed_out = s->cfg.queue_wait_ms <= 0;
     int rc;
     for (;;) {
         rc = m->replaying || m->deleted ? TAME_E_UNAVAIL : 0;
@@ -275,15 +278,21 @@ static int reserve(struct serve_model *m, int n)
             break;
         }
         if (!waited) {
+            if (atomic_fetch_add(&s->queue_waiters, 1) >= s->cfg.queue_waiters_max) {
+                atomic_fetch_sub(&s->queue_waiters, 1);
+                rc = TAME_E_BUSY;
+                break;
+            }
             waited = true;
             m->queue_waits++;
             clock_gettime(CLOCK_REALTIME, &until);
-            long ns = until.tv_nsec + (long)m->s->cfg.queue_wait_ms * 1000000L;
+            long ns = until.tv_nsec + (long)s->cfg.queue_wait_ms * 1000000L;
             until.tv_sec += ns / 1000000000L;
             until.tv_nsec = ns % 1000000000L;
         }
         timed_out = pthread_cond_timedwait(&m->room_cv, &m->mu, &until) == ETIMEDOUT;
     }
+    if (waited) atomic_fetch_sub(&s->queue_waiters, 1);
     if (rc == TAME_E_BUSY) m->queue_full++;
     if (!rc) m->q_reserved += n;
     pthread_mutex_unlock(&m->mu);
@@ -788,6 +797,7 @@ int serve_new(const struct serve_config *cfg, struct serve **ret, char *why, siz
     pthread_cond_init(&s->commit_done_cv, NULL);
     pthread_cond_init(&s->fold_cv, NULL);
     atomic_init(&s->replaying, 0);
+    atomic_init(&s->queue_waiters, 0);
     atomic_init(&s->load_stop, false);
     s->workers = calloc((size_t)cfg->workers, sizeof(pthread_t));
     int rc = s->workers ? serve_recover(s, why, why_len) : TAME_E_NOMEM;

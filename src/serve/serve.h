@@ -29,6 +29,7 @@ struct serve_config {
     int workers;               /* learner threads, >= 1 */
     int queue_samples;         /* per-model queue capacity, samples */
     int queue_wait_ms;         /* a write waits this long for room in a full queue, then TAME_E_BUSY */
+    int queue_waiters_max;     /* ...if fewer writes than this are waiting already (else at once) */
     int models_max;            /* models per daemon */
     int step_threads;          /* threads per learner step (1 or 2) */
     const char *db_path;       /* the database (a reader is opened to replay) */

@@ -138,6 +138,7 @@ struct serve {
     pthread_t load_thread;
     bool load_started;
     atomic_int replaying;    /* models still replaying */
+    atomic_int queue_waiters; /* writes waiting for room in a full queue */
     atomic_bool load_stop;
 };
 

@@ -785,6 +785,50 @@ START_TEST(commits_create_no_temporary_files)
 }
 END_TEST
 
+START_TEST(only_one_write_at_a_time_waits_for_a_full_queue)
+{
+    /* A waiting write holds a lane thread; with two, one is kept for the
+     * other models' writes.  While a first write waits for room (every
+     * learner round stalls 3 s, --queue-wait-ms outlasts it), a second one
+     * to the same full queue is refused at once instead of waiting. */
+    setenv("TAMED_TEST_STEP_PAUSE_MS", "3000", 1);
+    const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", "20000", "--lane-threads", "2", NULL};
+    struct daemon d;
+    daemon_start(&d, flags);
+    unsetenv("TAMED_TEST_STEP_PAUSE_MS");
+    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    struct tame_rng r;
+    tame_rng_seed(&r, 47);
+    char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
+    json_decref(call_json(d.port, "POST", "/v1/models/m/samples", fill, 200));
+    struct slow_post first = {.port = d.port, .body = more};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, post_samples, &first), 0);
+    double waits = 0, full = 0;
+    for (int i = 0; i < 300 && waits < 1; i++) {
+        usleep(10000);
+        queue_counters(d.port, &waits, &full);
+    }
+    ck_assert_double_eq(waits, 1); /* the first write is waiting */
+    struct reply second = request(d.port, "POST", "/v1/models/m/samples", "application/json", more, strlen(more),
+                                  NULL);
+    ck_assert_int_eq(second.status, 429);
+    queue_counters(d.port, &waits, &full);
+    ck_assert_double_eq(waits, 1);
+    ck_assert_double_eq(full, 1);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(first.status, 200); /* room came when the round ended */
+    json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+    ck_assert_int_eq((long)jnum(m, "samples_acknowledged"), 96);
+    json_decref(m);
+    free(second.body);
+    free(fill);
+    free(more);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 static long trained(int port, const char *model)
 {
     char path[128];
@@ -920,6 +964,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, a_write_waiting_for_its_commit_does_not_hold_up_predictions);
     tcase_add_test(tc, a_write_to_a_full_queue_waits_for_room_then_gets_429);
     tcase_add_test(tc, commits_create_no_temporary_files);
+    tcase_add_test(tc, only_one_write_at_a_time_waits_for_a_full_queue);
     tcase_add_test(tc, a_large_body_parsed_in_two_parts_means_the_same_as_small_ones);
     tcase_add_test(tc, sigterm_handled_on_another_thread_still_stops_the_daemon);
     suite_add_tcase(s, tc);
