@@ -628,6 +628,26 @@ START_TEST(training_threads_run_below_the_http_threads)
 }
 END_TEST
 
+/* Start tamed with one environment variable set for it (a test hook, or
+ * SQLite's temporary directory) and create model m. */
+static void start_with(struct daemon *d, const char *const *flags, const char *var, const char *value)
+{
+    setenv(var, value, 1);
+    daemon_start(d, flags);
+    unsetenv(var);
+    json_decref(call_json(d->port, "POST", "/v1/models", model_spec, 201));
+}
+
+/* `requests` samples requests of n samples of task 0 to model m, each 200. */
+static void post_task0(int port, struct tame_rng *r, int requests, int n)
+{
+    for (int i = 0; i < requests; i++) {
+        char *body = samples_body(r, 0, n, false);
+        json_decref(call_json(port, "POST", "/v1/models/m/samples", body, 200));
+        free(body);
+    }
+}
+
 struct slow_post {
     int port;
     const char *body;
@@ -656,19 +676,12 @@ START_TEST(a_write_waiting_for_its_commit_does_not_hold_up_predictions)
      * that long for its commit.  It waits on a lane thread: the HTTP
      * thread goes on answering, and what it answers shows the checkpoint
      * still in progress. */
-    setenv("TAMED_TEST_CHECKPOINT_PAUSE_MS", "3000", 1);
     const char *flags[] = {"--http-threads", "1", "--checkpoint-batches", "4", NULL};
     struct daemon d;
-    daemon_start(&d, flags);
-    unsetenv("TAMED_TEST_CHECKPOINT_PAUSE_MS");
-    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    start_with(&d, flags, "TAMED_TEST_CHECKPOINT_PAUSE_MS", "3000");
     struct tame_rng r;
     tame_rng_seed(&r, 31);
-    for (int i = 0; i < 4; i++) {
-        char *body = samples_body(&r, 0, 32, false);
-        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
-        free(body);
-    }
+    post_task0(d.port, &r, 4, 32);
     bool paused = false;
     for (int i = 0; i < 200 && !paused; i++) {
         usleep(10000);
@@ -714,12 +727,9 @@ START_TEST(a_write_to_a_full_queue_waits_for_room_then_gets_429)
     tame_rng_seed(&r, 41);
     char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
     for (int refuse = 0; refuse < 2; refuse++) {
-        setenv("TAMED_TEST_STEP_PAUSE_MS", refuse ? "3000" : "1000", 1);
         const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", refuse ? "100" : "10000", NULL};
         struct daemon d;
-        daemon_start(&d, flags);
-        unsetenv("TAMED_TEST_STEP_PAUSE_MS");
-        json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+        start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", refuse ? "3000" : "1000");
         json_decref(call_json(d.port, "POST", "/v1/models/m/samples", fill, 200));
         double waits, full;
         queue_counters(d.port, &waits, &full);
@@ -762,18 +772,11 @@ START_TEST(commits_create_no_temporary_files)
     int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     ck_assert_int_ge(fd, 0);
     ck_assert_int_ge(inotify_add_watch(fd, tmp, IN_CREATE), 0);
-    setenv("SQLITE_TMPDIR", tmp, 1);
     struct daemon d;
-    daemon_start(&d, NULL);
-    unsetenv("SQLITE_TMPDIR");
-    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    start_with(&d, NULL, "SQLITE_TMPDIR", tmp);
     struct tame_rng r;
     tame_rng_seed(&r, 43);
-    for (int i = 0; i < 8; i++) {
-        char *body = samples_body(&r, 0, 32, false);
-        json_decref(call_json(d.port, "POST", "/v1/models/m/samples", body, 200));
-        free(body);
-    }
+    post_task0(d.port, &r, 8, 32);
     ck_assert_int_eq(daemon_stop(&d), 0);
     char ev[4096];
     ssize_t got = read(fd, ev, sizeof(ev));
@@ -791,12 +794,9 @@ START_TEST(only_one_write_at_a_time_waits_for_a_full_queue)
      * other models' writes.  While a first write waits for room (every
      * learner round stalls 3 s, --queue-wait-ms outlasts it), a second one
      * to the same full queue is refused at once instead of waiting. */
-    setenv("TAMED_TEST_STEP_PAUSE_MS", "3000", 1);
     const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", "20000", "--lane-threads", "2", NULL};
     struct daemon d;
-    daemon_start(&d, flags);
-    unsetenv("TAMED_TEST_STEP_PAUSE_MS");
-    json_decref(call_json(d.port, "POST", "/v1/models", model_spec, 201));
+    start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", "3000");
     struct tame_rng r;
     tame_rng_seed(&r, 47);
     char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
