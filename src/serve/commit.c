@@ -126,21 +126,31 @@ static void apply(struct serve *s, struct op *op)
     case OP_MARK: {
         const int d = m->p.input_dim;
         int n = op->kind == OP_MARK ? 1 : op->n;
+        /* The slots past the queue's tail were reserved for this op, and
+         * only the commit leader (this thread) writes there; the worker reads
+         * up to q_len alone.  So they are filled unlocked -- a 128 x 784
+         * request is 400 KB to copy, which predictions taking a view of this
+         * model would otherwise wait for -- and published under the lock. */
         pthread_mutex_lock(&m->mu);
+        int tail = (m->q_head + m->q_len) % m->q_cap;
+        pthread_mutex_unlock(&m->mu);
+        int added = 0, samples = 0;
         for (int i = 0; i < n; i++) {
             if (op->kind == OP_SAMPLES && op->dup[i]) continue;
-            int slot = (m->q_head + m->q_len) % m->q_cap;
+            int slot = (tail + added++) % m->q_cap;
             if (op->kind == OP_MARK) {
                 m->qy[slot] = op->mark == STORE_FLUSH ? ITEM_FLUSH : ITEM_SELECTOR;
-                m->q_marks++;
             } else {
                 memcpy(m->qx + (size_t)slot * d, op->x + (size_t)i * d, (size_t)d * sizeof(float));
                 m->qy[slot] = op->y[i];
-                m->q_samples++;
-                m->acknowledged++;
+                samples++;
             }
-            m->q_len++;
         }
+        pthread_mutex_lock(&m->mu);
+        m->q_len += added;
+        m->q_samples += samples;
+        m->q_marks += added - samples;
+        m->acknowledged += (uint64_t)samples;
         m->q_reserved -= n;
         if (op->kind == OP_SAMPLES) m->duplicates += (uint64_t)(op->n - op->kept);
         op->acked = m->acknowledged;

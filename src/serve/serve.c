@@ -634,9 +634,15 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
     pthread_mutex_lock(&m->mu);
     struct serve_job *done = m->done_head;
     m->done_head = m->done_tail = NULL;
+    const int head = m->q_head, len = m->q_len;
+    pthread_mutex_unlock(&m->mu);
+    /* The queued items stay where they are until this round shrinks the
+     * queue (writers fill slots past the tail), so they are copied out
+     * unlocked: megabytes that predictions and commits would otherwise wait
+     * for. */
     int filled = 0, cur = 0;
-    for (int i = 0; i < m->q_len && n_units < TAKE_BATCHES; i++) {
-        int slot = (m->q_head + i) % m->q_cap;
+    for (int i = 0; i < len && n_units < TAKE_BATCHES; i++) {
+        int slot = (head + i) % m->q_cap;
         int y = m->qy[slot];
         if (y >= 0) {
             memcpy(bx + (size_t)filled * d, m->qx + (size_t)slot * d, (size_t)d * sizeof(float));
@@ -651,7 +657,6 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
         items = i + 1;
         samples = filled;
     }
-    pthread_mutex_unlock(&m->mu);
 
     bool changed = false;
     int installed = 0;
