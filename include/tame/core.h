@@ -158,6 +158,9 @@ int tame_fmt_float(char *out, float f);
  * ("0.003921569" for 1/255): a few times slower, for callers that cache the
  * text of repeated values (tame-eval's request bodies). */
 int tame_fmt_float_shortest(char *out, float f);
+/* v in decimal at out (at most 20 bytes, no NUL); returns the length.
+ * printf's machinery costs more than the rest of a small reply. */
+int tame_fmt_int(char *out, long long v);
 
 /* ---- numbers ---- */
 /* 1 if the IEEE-754 single has an all-ones exponent (Inf or NaN).  Integer

@@ -14,6 +14,19 @@ static int fmt_digits(char *out, float f, int digits);
  * exact big-number rounding is 15 times slower and buys nothing here. */
 int tame_fmt_float(char *out, float f) { return fmt_digits(out, f, 9); }
 
+int tame_fmt_int(char *out, long long v)
+{
+    char tmp[20];
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    int n = 0;
+    do tmp[n++] = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    int len = 0;
+    if (v < 0) out[len++] = '-';
+    while (n > 0) out[len++] = tmp[--n];
+    return len;
+}
+
 int tame_fmt_float_shortest(char *out, float f)
 {
     /* The first precision whose text reads back as f; 9 always does. */

@@ -183,6 +183,17 @@ static json_t *model_json(struct serve_model *m)
 /* ---- numeric arrays ---- */
 
 /* x: an array of input_dim finite numbers within +-x_abs_max. */
+/* "sample 12": what and index, the prefix of an error message naming an
+ * item; made for every item before anything can fail, so without printf. */
+static void item_name(char where[48], const char *what, size_t i)
+{
+    size_t k = strlen(what);
+    memcpy(where, what, k);
+    where[k++] = ' ';
+    k += (size_t)tame_fmt_int(where + k, (long long)i);
+    where[k] = 0;
+}
+
 static int read_vector(const struct http_server *h, const struct num_pool *pool, json_t *a, int dim,
                        float *out, const char *where, char *msg, size_t msglen)
 {
@@ -257,7 +268,7 @@ static int collect_ids(const struct num_pool *pool, json_t *rows, json_t *cid, s
     for (size_t i = 0; i < n; i++) {
         json_t *v = rows ? json_object_get(json_array_get(rows, i), "id") : json_array_get(cid, i);
         char where[48];
-        snprintf(where, sizeof(where), "sample %zu", i);
+        item_name(where, "sample", i);
         int k = read_id(pool, v, where, msg, msglen);
         if (k < 0) return -1;
         if (k) total += json_string_length(v), any++;
@@ -327,7 +338,7 @@ static int parse_samples(const struct http_server *h, const struct num_pool *poo
     }
     for (size_t i = 0; i < n; i++) {
         char where[48];
-        snprintf(where, sizeof(where), "sample %zu", i);
+        item_name(where, "sample", i);
         json_t *xi, *yi;
         if (rows) {
             json_t *s = json_array_get(rows, i);
@@ -609,7 +620,7 @@ static int handle_predict(struct http_server *h, struct http_req *c, struct serv
     }
     for (size_t i = 0; i < n; i++) {
         char where[48];
-        snprintf(where, sizeof(where), "input %zu", i);
+        item_name(where, "input", i);
         if (read_vector(h, &pool, json_array_get(jx, i), p->input_dim, x + i * (size_t)p->input_dim, where,
                         msg, sizeof(msg)) < 0) {
             ret = http_send_error(c, 400, "INVALID", "%s", msg);
@@ -634,7 +645,9 @@ static int handle_predict(struct http_server *h, struct http_req *c, struct serv
      * request was a fifth of its time. */
     struct tame_wbuf t;
     tame_wbuf_init(&t);
-    tame_wbuf_printf(&t, "{\"predictions\":[");
+    static const char open[] = "{\"predictions\":[", label[] = "{\"label\":", probs_key[] = ",\"probabilities\":[",
+                      expert[] = "],\"expert\":", confidence[] = ",\"confidence\":";
+    tame_wbuf_bytes(&t, open, sizeof(open) - 1);
     for (size_t i = 0; i < n; i++) {
         const float *pr = probs + i * (size_t)p->classes;
         bool finite = isfinite(out[i].confidence);
@@ -644,20 +657,25 @@ static int handle_predict(struct http_server *h, struct http_req *c, struct serv
             ret = http_send_error(c, 500, "NONFINITE", "prediction %zu is not finite", i);
             goto done;
         }
-        tame_wbuf_printf(&t, "%s{\"label\":%d,\"probabilities\":[", i ? "," : "", out[i].label);
-        char *q = (char *)tame_wbuf_room(&t, (size_t)p->classes * (TAME_FLOAT_TEXT_MAX + 1));
-        if (q) {
-            for (int j = 0; j < p->classes; j++) {
-                if (j) *q++ = ',';
-                q += tame_fmt_float(q, pr[j]);
-            }
-            t.len = (size_t)(q - (char *)t.data);
+        /* Room for the row at its longest: keys, two ints, classes + 1 floats. */
+        char *q = (char *)tame_wbuf_room(&t, 128 + (size_t)(p->classes + 1) * (TAME_FLOAT_TEXT_MAX + 1));
+        if (!q) break; /* t.err says so below */
+        if (i) *q++ = ',';
+        memcpy(q, label, sizeof(label) - 1), q += sizeof(label) - 1;
+        q += tame_fmt_int(q, out[i].label);
+        memcpy(q, probs_key, sizeof(probs_key) - 1), q += sizeof(probs_key) - 1;
+        for (int j = 0; j < p->classes; j++) {
+            if (j) *q++ = ',';
+            q += tame_fmt_float(q, pr[j]);
         }
-        char conf[TAME_FLOAT_TEXT_MAX + 1];
-        conf[tame_fmt_float(conf, out[i].confidence)] = 0;
-        tame_wbuf_printf(&t, "],\"expert\":%d,\"confidence\":%s}", out[i].expert, conf);
+        memcpy(q, expert, sizeof(expert) - 1), q += sizeof(expert) - 1;
+        q += tame_fmt_int(q, out[i].expert);
+        memcpy(q, confidence, sizeof(confidence) - 1), q += sizeof(confidence) - 1;
+        q += tame_fmt_float(q, out[i].confidence);
+        *q++ = '}';
+        t.len = (size_t)(q - (char *)t.data);
     }
-    tame_wbuf_printf(&t, "]}");
+    tame_wbuf_bytes(&t, "]}", 2);
     if (t.err) {
         tame_wbuf_done(&t);
         ret = http_send_error(c, 503, "NOMEM", "out of memory");

@@ -5,6 +5,7 @@
 
 #include <check.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +212,24 @@ START_TEST(fmt_float_round_trips_and_is_json)
 }
 END_TEST
 
+START_TEST(fmt_int_writes_what_printf_writes)
+{
+    const long long fixed[] = {0, 1, -1, 9, 10, -10, 99, 100, 12345, -987654321, INT_MAX, INT_MIN,
+                               LLONG_MAX, LLONG_MIN, LLONG_MIN + 1};
+    struct tame_rng rng;
+    tame_rng_seed(&rng, 12);
+    for (int i = 0; i < 100000; i++) {
+        long long v = i < (int)(sizeof(fixed) / sizeof(fixed[0])) ? fixed[i]
+                                                                   : (long long)(tame_rng_u64(&rng) >> (i % 64));
+        if (i % 2 && v != LLONG_MIN) v = -v;
+        char got[24], want[24];
+        int n = tame_fmt_int(got, v);
+        int m = snprintf(want, sizeof(want), "%lld", v);
+        ck_assert_msg(n == m && !memcmp(got, want, (size_t)n), "%lld: %.*s", v, n, got);
+    }
+}
+END_TEST
+
 START_TEST(rbuf_overrun_and_nonfinite_are_corrupt)
 {
     uint8_t two[2] = {1, 2};
@@ -262,6 +281,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, bytes_round_trip_with_crc);
     tcase_add_test(tc, wbuf_printf_grows_and_terminates);
     tcase_add_test(tc, fmt_float_round_trips_and_is_json);
+    tcase_add_test(tc, fmt_int_writes_what_printf_writes);
     tcase_add_test(tc, rbuf_overrun_and_nonfinite_are_corrupt);
     tcase_add_test(tc, alloc_injection_fails_the_nth_and_counts_live);
     suite_add_tcase(s, tc);
