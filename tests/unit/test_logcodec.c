@@ -39,6 +39,16 @@ START_TEST(quantised_inputs_take_a_palette_and_others_stay_float32)
     round_trip(x, N, 0, 1 + (size_t)N * 4);
     for (int i = 0; i < 300; i++) x[i] = (float)(i % 257); /* 257 distinct: float32 */
     round_trip(x, 300, 0, 1 + 300 * 4);
+    /* Runs of one value (an image's background), 0 and -0 among them:
+     * still bit for bit; and runs of 300 distinct values still overflow
+     * the palette. */
+    for (int i = 0; i < N; i++) {
+        int run = i / 37;
+        x[i] = run % 5 == 0 ? 0.0f : run % 5 == 1 ? -0.0f : (float)(run % 200) / 255.0f;
+    }
+    round_trip(x, N, 1, 3 + 122 * 4 + N); /* 0, -0 and 120 others */
+    for (int i = 0; i < 3000; i++) x[i] = (float)(i / 10);
+    round_trip(x, 3000, 0, 1 + 3000 * 4);
     free(x);
 }
 END_TEST
