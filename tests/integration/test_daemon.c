@@ -729,7 +729,7 @@ START_TEST(a_write_to_a_full_queue_waits_for_room_then_gets_429)
     for (int refuse = 0; refuse < 2; refuse++) {
         const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", refuse ? "100" : "10000", NULL};
         struct daemon d;
-        start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", refuse ? "3000" : "1000");
+        start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", refuse ? "3000" : "2000");
         json_decref(call_json(d.port, "POST", "/v1/models/m/samples", fill, 200));
         double waits, full;
         queue_counters(d.port, &waits, &full);
@@ -792,11 +792,11 @@ START_TEST(only_one_write_at_a_time_waits_for_a_full_queue)
 {
     /* A waiting write holds a lane thread; with two, one is kept for the
      * other models' writes.  While a first write waits for room (every
-     * learner round stalls 3 s, --queue-wait-ms outlasts it), a second one
+     * learner round stalls 5 s, --queue-wait-ms outlasts it), a second one
      * to the same full queue is refused at once instead of waiting. */
     const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", "20000", "--lane-threads", "2", NULL};
     struct daemon d;
-    start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", "3000");
+    start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", "5000");
     struct tame_rng r;
     tame_rng_seed(&r, 47);
     char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
