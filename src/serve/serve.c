@@ -271,7 +271,9 @@ static int reserve(struct serve_model *m, int n)
     bool waited = false, timed_out = s->cfg.queue_wait_ms <= 0;
     int rc;
     for (;;) {
-        rc = m->replaying || m->deleted ? TAME_E_UNAVAIL : 0;
+        /* Deleted meanwhile (a write waiting for room included): gone, as if
+         * the request had come a moment later. */
+        rc = m->deleted ? TAME_E_NOTFOUND : m->replaying ? TAME_E_UNAVAIL : 0;
         if (rc || m->q_len + m->q_reserved + n <= m->q_cap) break;
         if (n > m->q_cap || timed_out) {
             rc = TAME_E_BUSY;

@@ -829,6 +829,39 @@ START_TEST(only_one_write_at_a_time_waits_for_a_full_queue)
 }
 END_TEST
 
+START_TEST(a_write_waiting_for_room_gets_404_when_its_model_is_deleted)
+{
+    /* The queue is full and the learner stalled (test hook); a write waits
+     * for room on a lane thread, and the model is deleted on the other: the
+     * waiting write is answered 404, as if it had come after the delete. */
+    const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", "20000", "--lane-threads", "2", NULL};
+    struct daemon d;
+    start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", "5000");
+    struct tame_rng r;
+    tame_rng_seed(&r, 53);
+    char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
+    json_decref(call_json(d.port, "POST", "/v1/models/m/samples", fill, 200));
+    struct slow_post waiting = {.port = d.port, .body = more};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, post_samples, &waiting), 0);
+    double waits = 0, full = 0;
+    for (int i = 0; i < 300 && waits < 1; i++) {
+        usleep(10000);
+        queue_counters(d.port, &waits, &full);
+    }
+    ck_assert_double_eq(waits, 1);
+    struct reply del = call(d.port, "DELETE", "/v1/models/m", NULL);
+    ck_assert_msg(del.status == 200 || del.status == 204, "DELETE: %ld %s", del.status, del.body);
+    free(del.body);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(waiting.status, 404);
+    free(fill);
+    free(more);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 static long trained(int port, const char *model)
 {
     char path[128];
@@ -965,6 +998,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, a_write_to_a_full_queue_waits_for_room_then_gets_429);
     tcase_add_test(tc, commits_create_no_temporary_files);
     tcase_add_test(tc, only_one_write_at_a_time_waits_for_a_full_queue);
+    tcase_add_test(tc, a_write_waiting_for_room_gets_404_when_its_model_is_deleted);
     tcase_add_test(tc, a_large_body_parsed_in_two_parts_means_the_same_as_small_ones);
     tcase_add_test(tc, sigterm_handled_on_another_thread_still_stops_the_daemon);
     suite_add_tcase(s, tc);
