@@ -28,7 +28,8 @@ struct settings {
     char durability[16];
     long body_max_bytes, connections_max, per_ip_max, idle_timeout_s, http_threads, lane_threads, lane_nice, workers,
         step_threads, queue_samples, queue_wait_ms, models_max, input_dim_max, classes_max, hidden_max, hidden_layers_max,
-        experts_max, batch_max, checkpoint_batches, checkpoint_seconds, ids_keep, db_max_mb, train_nice;
+        experts_max, batch_max, checkpoint_batches, checkpoint_seconds, ids_keep, db_max_mb, train_nice,
+        selector_nice;
 };
 
 enum stype { S_STR, S_LONG };
@@ -60,7 +61,8 @@ static const struct setting {
     LNG(lane_nice, 0, 19, "0", "nice of the lane threads, against the HTTP threads"),
     LNG(workers, 1, 256, "2", "learner worker threads (size to the cores)"),
     LNG(step_threads, 1, 2, "1", "threads per learner step (1 keeps workers independent)"),
-    LNG(train_nice, 0, 19, "10", "nice of the learner and selector threads: requests come first"),
+    LNG(train_nice, 0, 19, "10", "nice of the learner threads: requests come first"),
+    LNG(selector_nice, 0, 19, "15", "nice of the selector thread: the learner, keeping up with the stream, first"),
     LNG(queue_samples, 1, 1L << 24, "8192", "per-model queue, samples; 429 when full..."),
     LNG(queue_wait_ms, 0, 60000, "200", "...for longer than this: a write waits for room up to this long (one fewer than --lane-threads at a time)"),
     LNG(models_max, 1, 100000, "64", "models per daemon"),
@@ -311,6 +313,7 @@ int main(int argc, char **argv)
     scfg.ids_keep = (uint64_t)st.ids_keep;
     scfg.synchronous = so.sync == STORE_SYNC_FULL ? 2 : 1;
     scfg.train_nice = (int)st.train_nice;
+    scfg.selector_nice = (int)st.selector_nice;
     /* Fault injection for the durability tests only; not a setting. */
     const char *stall = getenv("TAMED_TEST_CHECKPOINT_PAUSE_MS");
     scfg.test_checkpoint_pause_ms = stall ? atoi(stall) : 0;

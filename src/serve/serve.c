@@ -432,12 +432,14 @@ void serve_store_stats(struct serve *s, struct serve_store_stats *st)
 
 /* ---- selector thread ---- */
 
-/* Training yields to requests: the learner workers and the selector thread
- * run `train_nice` below the HTTP threads. */
+/* Training yields to requests: the learner workers run `train_nice` below
+ * the HTTP threads, and the selector `selector_nice` (by default below the
+ * learner, which must keep up with what was acknowledged; a selector
+ * retrain only refreshes the routing). */
 static void *selector_main(void *arg)
 {
     struct serve *s = arg;
-    tame_thread_setup("selector", s->cfg.train_nice);
+    tame_thread_setup("selector", s->cfg.selector_nice);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->sel_head && !s->sel_stop) pthread_cond_wait(&s->sel_cv, &s->mu);

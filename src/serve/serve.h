@@ -40,7 +40,8 @@ struct serve_config {
     int synchronous;           /* SQLite's synchronous level in force (1 NORMAL, 2 FULL), for metrics */
     int test_checkpoint_pause_ms; /* tests only: stall inside each checkpoint transaction */
     int test_step_pause_ms;    /* tests only: stall each learner round before it trains */
-    int train_nice;            /* nice of learner and selector threads (0..19) */
+    int train_nice;            /* nice of the learner workers (0..19) */
+    int selector_nice;         /* nice of the selector thread (0..19) */
 };
 
 struct serve;
