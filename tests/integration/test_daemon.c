@@ -788,77 +788,81 @@ START_TEST(commits_create_no_temporary_files)
 }
 END_TEST
 
-START_TEST(only_one_write_at_a_time_waits_for_a_full_queue)
-{
-    /* A waiting write holds a lane thread; with two, one is kept for the
-     * other models' writes.  While a first write waits for room (every
-     * learner round stalls 5 s, --queue-wait-ms outlasts it), a second one
-     * to the same full queue is refused at once instead of waiting. */
-    const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", "20000", "--lane-threads", "2", NULL};
+/* A write waiting for room: a queue of 64 filled, every learner round
+ * stalled 5 s (test hook), --queue-wait-ms outlasting it, and a write of 32
+ * more posted on a thread of the test until /metrics shows it waiting. */
+struct waiting_write {
     struct daemon d;
-    start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", "5000");
+    char *fill, *more;
+    struct slow_post post;
+    pthread_t thread;
+};
+
+static void start_waiting_write(struct waiting_write *w, unsigned seed)
+{
+    const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", "20000", "--lane-threads", "2", NULL};
+    start_with(&w->d, flags, "TAMED_TEST_STEP_PAUSE_MS", "5000");
     struct tame_rng r;
-    tame_rng_seed(&r, 47);
-    char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
-    json_decref(call_json(d.port, "POST", "/v1/models/m/samples", fill, 200));
-    struct slow_post first = {.port = d.port, .body = more};
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, post_samples, &first), 0);
+    tame_rng_seed(&r, seed);
+    w->fill = samples_body(&r, 0, 64, false);
+    w->more = samples_body(&r, 0, 32, false);
+    json_decref(call_json(w->d.port, "POST", "/v1/models/m/samples", w->fill, 200));
+    w->post = (struct slow_post){.port = w->d.port, .body = w->more};
+    ck_assert_int_eq(pthread_create(&w->thread, NULL, post_samples, &w->post), 0);
     double waits = 0, full = 0;
     for (int i = 0; i < 300 && waits < 1; i++) {
         usleep(10000);
-        queue_counters(d.port, &waits, &full);
+        queue_counters(w->d.port, &waits, &full);
     }
-    ck_assert_double_eq(waits, 1); /* the first write is waiting */
-    struct reply second = request(d.port, "POST", "/v1/models/m/samples", "application/json", more, strlen(more),
-                                  NULL);
+    ck_assert_double_eq(waits, 1);
+}
+
+/* Join the waiting write (its status: w->post.status). */
+static void end_waiting_write(struct waiting_write *w)
+{
+    pthread_join(w->thread, NULL);
+    free(w->fill);
+    free(w->more);
+}
+
+START_TEST(only_one_write_at_a_time_waits_for_a_full_queue)
+{
+    /* A waiting write holds a lane thread; with two, one is kept for the
+     * other models' writes: while one write waits for room, a second to the
+     * same full queue is refused at once instead of waiting. */
+    struct waiting_write w;
+    start_waiting_write(&w, 47);
+    struct reply second = request(w.d.port, "POST", "/v1/models/m/samples", "application/json", w.more,
+                                  strlen(w.more), NULL);
     ck_assert_int_eq(second.status, 429);
-    queue_counters(d.port, &waits, &full);
+    free(second.body);
+    double waits, full;
+    queue_counters(w.d.port, &waits, &full);
     ck_assert_double_eq(waits, 1);
     ck_assert_double_eq(full, 1);
-    pthread_join(t, NULL);
-    ck_assert_int_eq(first.status, 200); /* room came when the round ended */
-    json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+    end_waiting_write(&w);
+    ck_assert_int_eq(w.post.status, 200); /* room came when the round ended */
+    json_t *m = call_json(w.d.port, "GET", "/v1/models/m", NULL, 200);
     ck_assert_int_eq((long)jnum(m, "samples_acknowledged"), 96);
     json_decref(m);
-    free(second.body);
-    free(fill);
-    free(more);
-    ck_assert_int_eq(daemon_stop(&d), 0);
-    daemon_remove(&d);
+    ck_assert_int_eq(daemon_stop(&w.d), 0);
+    daemon_remove(&w.d);
 }
 END_TEST
 
 START_TEST(a_write_waiting_for_room_gets_404_when_its_model_is_deleted)
 {
-    /* The queue is full and the learner stalled (test hook); a write waits
-     * for room on a lane thread, and the model is deleted on the other: the
-     * waiting write is answered 404, as if it had come after the delete. */
-    const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", "20000", "--lane-threads", "2", NULL};
-    struct daemon d;
-    start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", "5000");
-    struct tame_rng r;
-    tame_rng_seed(&r, 53);
-    char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
-    json_decref(call_json(d.port, "POST", "/v1/models/m/samples", fill, 200));
-    struct slow_post waiting = {.port = d.port, .body = more};
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, post_samples, &waiting), 0);
-    double waits = 0, full = 0;
-    for (int i = 0; i < 300 && waits < 1; i++) {
-        usleep(10000);
-        queue_counters(d.port, &waits, &full);
-    }
-    ck_assert_double_eq(waits, 1);
-    struct reply del = call(d.port, "DELETE", "/v1/models/m", NULL);
+    /* The model is deleted (on the other lane thread) while a write waits
+     * for room: the write is answered 404, as if it had come after. */
+    struct waiting_write w;
+    start_waiting_write(&w, 53);
+    struct reply del = call(w.d.port, "DELETE", "/v1/models/m", NULL);
     ck_assert_msg(del.status == 200 || del.status == 204, "DELETE: %ld %s", del.status, del.body);
     free(del.body);
-    pthread_join(t, NULL);
-    ck_assert_int_eq(waiting.status, 404);
-    free(fill);
-    free(more);
-    ck_assert_int_eq(daemon_stop(&d), 0);
-    daemon_remove(&d);
+    end_waiting_write(&w);
+    ck_assert_int_eq(w.post.status, 404);
+    ck_assert_int_eq(daemon_stop(&w.d), 0);
+    daemon_remove(&w.d);
 }
 END_TEST
 
