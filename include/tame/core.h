@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <time.h>
 
 /* ---- errors ----------------------------------------------------------------
  * Fallible functions return int: >= 0 on success, a negative TAME_E_* code on
@@ -143,6 +144,10 @@ uint32_t tame_crc32(uint32_t crc, const void *p, size_t n);
  * Name the calling thread (shown by top -H and in /proc; cut to 15 bytes)
  * and lower its priority by `nice` (0: leave it). */
 void tame_thread_setup(const char *name, int nice);
+/* The moment `ms` milliseconds from now, as pthread_cond_timedwait takes it
+ * (CLOCK_REALTIME): fixed once, so a wait that wakes early and waits again
+ * still ends on time. */
+struct timespec tame_deadline_ms(long ms);
 /* pthread_cond_wait for at most `seconds` (mu held, as for the wait): for
  * threads that also have something to do as time passes. */
 void tame_cond_wait_s(pthread_cond_t *cv, pthread_mutex_t *mu, int seconds);

@@ -21,10 +21,18 @@ void tame_thread_setup(const char *name, int nice)
         TAME_LOG(TAME_LOG_WARN, "cannot lower a thread's priority", "thread=%s errno=%d", n, errno);
 }
 
+struct timespec tame_deadline_ms(long ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    long ns = t.tv_nsec + ms % 1000 * 1000000L;
+    t.tv_sec += ms / 1000 + ns / 1000000000L;
+    t.tv_nsec = ns % 1000000000L;
+    return t;
+}
+
 void tame_cond_wait_s(pthread_cond_t *cv, pthread_mutex_t *mu, int seconds)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += seconds;
+    struct timespec until = tame_deadline_ms(seconds * 1000L);
     pthread_cond_timedwait(cv, mu, &until);
 }

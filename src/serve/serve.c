@@ -287,10 +287,7 @@ static int reserve(struct serve_model *m, int n)
             }
             waited = true;
             m->queue_waits++;
-            clock_gettime(CLOCK_REALTIME, &until);
-            long ns = until.tv_nsec + (long)s->cfg.queue_wait_ms * 1000000L;
-            until.tv_sec += ns / 1000000000L;
-            until.tv_nsec = ns % 1000000000L;
+            until = tame_deadline_ms(s->cfg.queue_wait_ms);
         }
         timed_out = pthread_cond_timedwait(&m->room_cv, &m->mu, &until) == ETIMEDOUT;
     }

@@ -6,6 +6,7 @@
 #include <check.h>
 #include <float.h>
 #include <limits.h>
+#include <time.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,28 @@ START_TEST(fmt_int_writes_what_printf_writes)
 }
 END_TEST
 
+static long long realtime_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+START_TEST(deadline_ms_is_that_far_from_now_and_normalised)
+{
+    const long ms[] = {0, 1, 999, 1000, 1001, 1500, 60000};
+    for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
+        /* taken between two readings of the clock, so bracketed by them */
+        long long before = realtime_ns();
+        struct timespec d = tame_deadline_ms(ms[i]);
+        long long after = realtime_ns();
+        ck_assert(d.tv_nsec >= 0 && d.tv_nsec < 1000000000L);
+        long long at = d.tv_sec * 1000000000LL + d.tv_nsec;
+        ck_assert(at >= before + ms[i] * 1000000LL && at <= after + ms[i] * 1000000LL);
+    }
+}
+END_TEST
+
 START_TEST(rbuf_overrun_and_nonfinite_are_corrupt)
 {
     uint8_t two[2] = {1, 2};
@@ -282,6 +305,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, wbuf_printf_grows_and_terminates);
     tcase_add_test(tc, fmt_float_round_trips_and_is_json);
     tcase_add_test(tc, fmt_int_writes_what_printf_writes);
+    tcase_add_test(tc, deadline_ms_is_that_far_from_now_and_normalised);
     tcase_add_test(tc, rbuf_overrun_and_nonfinite_are_corrupt);
     tcase_add_test(tc, alloc_injection_fails_the_nth_and_counts_live);
     suite_add_tcase(s, tc);
