@@ -18,13 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 #define FOLD_FRAMES 256 /* 16 MiB of 64 KiB pages */
 
 /* ---- inside the transaction ---- */
@@ -247,7 +240,7 @@ static bool trim_some(struct serve *s)
 
 static void commit_batch(struct serve *s, struct op *ops)
 {
-    double t0 = now_s();
+    double t0 = tame_now_s();
     size_t n_ops = 0;
     for (struct op *op = ops; op; op = op->next) n_ops++;
     struct op **list = malloc(n_ops * sizeof(*list));
@@ -293,7 +286,7 @@ static void commit_batch(struct serve *s, struct op *ops)
     }
     free(list);
     free(ends);
-    double dt = now_s() - t0;
+    double dt = tame_now_s() - t0;
     pthread_mutex_lock(&s->commit_mu);
     if (rc) {
         s->stats.commit_failures++;
