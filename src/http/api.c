@@ -182,7 +182,6 @@ static json_t *model_json(struct serve_model *m)
 
 /* ---- numeric arrays ---- */
 
-/* x: an array of input_dim finite numbers within +-x_abs_max. */
 /* "sample 12": what and index, the prefix of an error message naming an
  * item; made for every item before anything can fail, so without printf. */
 static void item_name(char where[48], const char *what, size_t i)
@@ -194,6 +193,7 @@ static void item_name(char where[48], const char *what, size_t i)
     where[k] = 0;
 }
 
+/* x: an array of input_dim finite numbers within +-x_abs_max. */
 static int read_vector(const struct http_server *h, const struct num_pool *pool, json_t *a, int dim,
                        float *out, const char *where, char *msg, size_t msglen)
 {

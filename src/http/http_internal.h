@@ -31,6 +31,8 @@ struct http_reply {
     const char *www_auth;
 };
 
+struct lane;
+
 /* One request as the handlers see it.  They never queue a response on the
  * connection themselves, so a request can be handled on a lane thread
  * (lane.c) while its connection is suspended. */
@@ -40,8 +42,6 @@ struct http_req {
     struct lane *lane;           /* set when it runs on a lane thread: it may fork work there */
     struct http_reply reply;
 };
-
-struct lane;
 
 struct http_server {
     struct http_config cfg;

@@ -70,7 +70,7 @@ START_TEST(a_forked_task_runs_once_on_an_idle_thread_or_its_caller)
         else count(&c);
         ck_assert_int_eq(atomic_load(&c.runs), 1);
     }
-    /* Busy thread: fork says no, and the caller runs the task itself. */
+    /* Busy thread: fork says no (the caller is left to run the task). */
     struct probe p = {.job = {.run = probe_run}};
     atomic_init(&p.hold, true);
     lane_push(l, &p.job);
