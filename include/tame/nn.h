@@ -31,6 +31,14 @@ struct nn_layer {
     size_t b_off;      /* offset of the bias */
 };
 
+/* Compressed rows of a mostly-zero weight matrix [out x in]: the non-zero
+ * weights of output j are val[start[j] .. start[j+1]), at inputs col[..]. */
+struct nn_sparse_rows {
+    uint32_t *start; /* [out + 1] */
+    uint32_t *col;   /* [non-zero] */
+    float *val;      /* [non-zero] */
+};
+
 /* Owned by one thread at a time; const networks may be shared for forward. */
 struct nn_mlp {
     int n_layers;                       /* >= 1 */
@@ -43,6 +51,14 @@ struct nn_mlp {
     float *grad;                        /* [n_params], mean over the batch */
     float *vel;                         /* [n_params], SGD momentum buffer */
     float *mask;                        /* NULL, or [n_params] of 0/1; biases 1 */
+    /* Names the values in param: a fresh number, unique in the process, at
+     * creation, load and clone and after every SGD step and prune, so a
+     * copy made at version v is still exact while the version is v. */
+    uint64_t version;
+    /* Frozen copies only: compressed rows of each layer whose weights are
+     * sparse enough that a forward pass over them beats the dense GEMM
+     * (pruned experts keep 2 %), else NULL. */
+    struct nn_sparse_rows *sparse[NN_MAX_LAYERS];
 };
 
 /* Build a network with the given layer sizes: dims[0] inputs, dims[1..n-1]
@@ -54,8 +70,10 @@ int nn_mlp_new(const int *dims, int n_dims, struct tame_rng *rng, struct nn_mlp 
 void nn_mlp_free(struct nn_mlp *mlp);
 /* Deep copy, including velocity and mask. */
 int nn_mlp_clone(const struct nn_mlp *src, struct nn_mlp **ret_mlp);
-/* A copy of the parameters only (no gradient, velocity or mask): enough to
- * run forward passes, e.g. in a published prediction snapshot. */
+/* A copy of the parameters only (no gradient, velocity or mask), with the
+ * source's version: enough to run forward passes, e.g. in a published
+ * prediction snapshot.  Layers that are mostly zero also get compressed
+ * rows, which forward passes of few rows use instead of the GEMM. */
 int nn_mlp_clone_frozen(const struct nn_mlp *src, struct nn_mlp **ret_mlp);
 int nn_mlp_inputs(const struct nn_mlp *mlp);
 int nn_mlp_outputs(const struct nn_mlp *mlp);

@@ -166,8 +166,10 @@ int tame_learner_train_selector(struct tame_learner *l);
 /* ---- published snapshots and prediction ---- */
 struct tame_snapshot;
 /* An immutable copy of what prediction needs (experts, their label sets and
- * the selector).  Any number of threads may predict from one snapshot. */
-int tame_learner_snapshot(const struct tame_learner *l, struct tame_snapshot **ret);
+ * the selector).  Any number of threads may predict from one snapshot.
+ * Networks that did not change since the learner's last snapshot are
+ * shared with it, not copied again (the learner keeps a reference). */
+int tame_learner_snapshot(struct tame_learner *l, struct tame_snapshot **ret);
 void tame_snapshot_free(struct tame_snapshot *s);
 int tame_snapshot_experts(const struct tame_snapshot *s);
 int tame_snapshot_classes(const struct tame_snapshot *s);

@@ -4,7 +4,12 @@
 #include "nn_internal.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
+
+static atomic_uint_fast64_t last_version;
+
+uint64_t nn_next_version(void) { return atomic_fetch_add(&last_version, 1) + 1; }
 
 int nn_mlp_alloc(const int *dims, int n_dims, struct nn_mlp **ret_mlp)
 {
@@ -17,6 +22,7 @@ int nn_mlp_alloc(const int *dims, int n_dims, struct nn_mlp **ret_mlp)
     if (!m) return TAME_E_NOMEM;
     m->n_layers = n_dims - 1;
     m->head_scale = 1.0f;
+    m->version = nn_next_version();
     size_t off = 0;
     for (int l = 0; l < m->n_layers; l++) {
         struct nn_layer *L = &m->layer[l];
@@ -63,6 +69,7 @@ void nn_mlp_free(struct nn_mlp *mlp)
     tame_free(mlp->grad);
     tame_free(mlp->vel);
     tame_free(mlp->mask);
+    for (int l = 0; l < NN_MAX_LAYERS; l++) tame_free(mlp->sparse[l]);
     tame_free(mlp);
 }
 
@@ -95,18 +102,54 @@ int nn_mlp_clone(const struct nn_mlp *src, struct nn_mlp **ret_mlp)
     return 0;
 }
 
+/* Compressed rows of layer l if few enough of its weights are non-zero for
+ * a one-row forward pass to gain (see use_sparse), else NULL (not an error:
+ * *ret is set either way).  One block: header, start, col, val. */
+static int sparse_rows_new(const struct nn_mlp *m, int l, struct nn_sparse_rows **ret)
+{
+    const struct nn_layer *L = &m->layer[l];
+    const float *w = m->param + L->w_off;
+    const size_t dense = (size_t)L->in * L->out;
+    size_t nz = 0;
+    for (size_t i = 0; i < dense; i++) nz += w[i] != 0.0f;
+    *ret = NULL;
+    if (nz * 8 > dense) return 0;
+    struct nn_sparse_rows *s = tame_malloc(sizeof(*s) + ((size_t)L->out + 1 + nz) * sizeof(uint32_t) +
+                                           nz * sizeof(float));
+    if (!s) return TAME_E_NOMEM;
+    s->start = (uint32_t *)(s + 1);
+    s->col = s->start + L->out + 1;
+    s->val = (float *)(s->col + nz);
+    uint32_t k = 0;
+    for (int j = 0; j < L->out; j++) {
+        s->start[j] = k;
+        const float *row = w + (size_t)j * L->in;
+        for (int i = 0; i < L->in; i++)
+            if (row[i] != 0.0f) s->col[k] = (uint32_t)i, s->val[k++] = row[i];
+    }
+    s->start[L->out] = k;
+    *ret = s;
+    return 0;
+}
+
 int nn_mlp_clone_frozen(const struct nn_mlp *src, struct nn_mlp **ret_mlp)
 {
     struct nn_mlp *m = tame_calloc(1, sizeof(*m));
     if (!m) return TAME_E_NOMEM;
     *m = *src;
     m->grad = m->vel = m->mask = NULL;
+    memset(m->sparse, 0, sizeof(m->sparse));
     m->param = tame_malloc(src->n_params * sizeof(float));
     if (!m->param) {
         tame_free(m);
         return TAME_E_NOMEM;
     }
     memcpy(m->param, src->param, src->n_params * sizeof(float));
+    for (int l = 0; l < m->n_layers; l++)
+        if (sparse_rows_new(m, l, &m->sparse[l]) < 0) {
+            nn_mlp_free(m);
+            return TAME_E_NOMEM;
+        }
     *ret_mlp = m;
     return 0;
 }
@@ -168,8 +211,37 @@ void nn_work_free(struct nn_work *work)
     tame_free(work);
 }
 
-/* Output units [from, to) of layer l on input `in`: bias, one GEMM into a
- * column block of the layer's output, ReLU unless it is the last layer. */
+/* Compressed rows or the GEMM for n rows of layer L?  Compressed rows cost
+ * about a cycle per non-zero weight and row (three loads); the GEMM streams
+ * the whole matrix from L2 once (~8 weights a cycle) and, given rows enough
+ * to reuse it, does ~32 products a cycle.  So one row gains below 1/8 of
+ * the weights, many rows below 1/32: a pruned expert keeps 2 %. */
+static bool use_sparse(const struct nn_sparse_rows *s, const struct nn_layer *L, int n)
+{
+    const size_t dense = (size_t)L->in * L->out;
+    size_t gemm = dense * (size_t)n / 32;
+    if (gemm < dense / 8) gemm = dense / 8;
+    return (size_t)n * s->start[L->out] <= gemm;
+}
+
+/* out[i][j - from] += row j of the weights . in[i], over the compressed rows. */
+static void sparse_forward(const struct nn_sparse_rows *s, const struct nn_layer *L, const float *in, int n,
+                           int from, int to, float *out)
+{
+    for (int i = 0; i < n; i++) {
+        const float *x = in + (size_t)i * L->in;
+        float *o = out + (size_t)i * L->out;
+        for (int j = from; j < to; j++) {
+            float acc = 0.0f;
+            for (uint32_t k = s->start[j]; k < s->start[j + 1]; k++) acc += s->val[k] * x[s->col[k]];
+            o[j - from] += acc;
+        }
+    }
+}
+
+/* Output units [from, to) of layer l on input `in`: bias, one GEMM (or the
+ * compressed rows of a frozen sparse layer) into a column block of the
+ * layer's output, ReLU unless it is the last layer. */
 static void layer_forward(const struct nn_mlp *mlp, struct nn_work *work, int l, const float *in,
                           int n, int from, int to)
 {
@@ -179,8 +251,11 @@ static void layer_forward(const struct nn_mlp *mlp, struct nn_work *work, int l,
     int cols = to - from;
     /* Start from the bias so the GEMM adds onto it (beta = 1). */
     for (int i = 0; i < n; i++) memcpy(out + (size_t)i * L->out, b, (size_t)cols * sizeof(float));
-    nn_gemm(false, true, n, cols, L->in, 1.0f, in, L->in, mlp->param + L->w_off + (size_t)from * L->in,
-            L->in, 1.0f, out, L->out);
+    if (mlp->sparse[l] && use_sparse(mlp->sparse[l], L, n))
+        sparse_forward(mlp->sparse[l], L, in, n, from, to, out);
+    else
+        nn_gemm(false, true, n, cols, L->in, 1.0f, in, L->in, mlp->param + L->w_off + (size_t)from * L->in,
+                L->in, 1.0f, out, L->out);
     if (l + 1 < mlp->n_layers)
         for (int i = 0; i < n; i++) {
             float *row = out + (size_t)i * L->out;

@@ -1,7 +1,7 @@
 /* prune.c: global unstructured magnitude pruning.  All weight matrices of a
  * network compete in one ranking by |w|; biases are never pruned.  The mask
  * is kept with the network and re-applied by every SGD step. */
-#include "tame/nn.h"
+#include "nn_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -52,5 +52,6 @@ int nn_mlp_prune(struct nn_mlp *mlp, double sparsity)
     }
     tame_free(r);
     mlp->mask = mask;
+    mlp->version = nn_next_version();
     return 0;
 }

@@ -2,7 +2,7 @@
  * (g = grad + wd*w; v = m*v + g; w = w - lr*v), and the one training step
  * built on it.  An update that would put a non-finite number into the
  * network is refused whole, so NaN and Inf never enter the state. */
-#include "tame/nn.h"
+#include "nn_internal.h"
 
 #include <math.h>
 #include <string.h>
@@ -37,6 +37,7 @@ int nn_sgd_step(struct nn_mlp *mlp, const struct nn_sgd *opt)
             w[i] -= lr * vi;
         }
     }
+    mlp->version = nn_next_version();
     return 0;
 }
 

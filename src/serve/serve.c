@@ -52,6 +52,9 @@ struct serve_view_ref *serve_view_build(struct tame_learner *l, int classes)
     struct serve_view *v = &r->view;
     tame_learner_info(l, &v->info);
     v->n_experts = v->info.n_experts;
+    /* The snapshot first: expert info reads the non-zero counts of the
+     * frozen copies it makes (or shares) rather than counting again. */
+    if (v->n_experts > 0 && tame_learner_snapshot(l, &v->snap) < 0) goto fail;
     v->labels = calloc((size_t)(v->n_experts ? v->n_experts : 1) * classes, 1);
     if (!v->labels) goto fail;
     for (int k = 0; k < v->n_experts; k++) {
@@ -59,7 +62,6 @@ struct serve_view_ref *serve_view_build(struct tame_learner *l, int classes)
         memcpy(v->labels + (size_t)k * classes, v->experts[k].labels, (size_t)classes);
         v->experts[k].labels = v->labels + (size_t)k * classes;
     }
-    if (v->n_experts > 0 && tame_learner_snapshot(l, &v->snap) < 0) goto fail;
     return r;
 fail:
     view_free(r);

@@ -46,6 +46,7 @@ void tame_expert_free(struct tame_expert *e)
 {
     if (!e) return;
     nn_mlp_free(e->net);
+    tame_frozen_put(e->frozen);
     nn_work_free(e->work);
     tame_reservoir_free(e->buf);
     tame_free(e->window);
@@ -126,6 +127,7 @@ void tame_learner_free(struct tame_learner *l)
         }
     tame_free(l->pending);
     nn_mlp_free(l->selector);
+    tame_frozen_put(l->frozen_selector);
     tame_free(l->events);
     tame_helper_free(l->helper);
     tame_free(l);
@@ -699,7 +701,8 @@ int tame_learner_expert_info(const struct tame_learner *l, int expert,
         .id = e->id,
         .batches_trained = e->batches_trained,
         .labels = e->labels,
-        .nonzero_params = nn_mlp_nonzero(e->net),
+        .nonzero_params = e->frozen && e->frozen->net->version == e->net->version ? e->frozen->nonzero
+                                                                                   : nn_mlp_nonzero(e->net),
         .loss = e->loss,
         .threshold = e->tau,
         .s_all = e->s_all,

@@ -5,28 +5,58 @@
  * its own tame_predict_work. */
 #include "tame_internal.h"
 
+#include <stdatomic.h>
 #include <string.h>
+
+int tame_frozen_get(const struct nn_mlp *net, struct tame_frozen **cache, struct tame_frozen **ret)
+{
+    struct tame_frozen *f = *cache;
+    if (!f || f->net->version != net->version) {
+        f = tame_calloc(1, sizeof(*f));
+        if (!f) return TAME_E_NOMEM;
+        if (nn_mlp_clone_frozen(net, &f->net) < 0) {
+            tame_free(f);
+            return TAME_E_NOMEM;
+        }
+        f->nonzero = nn_mlp_nonzero(f->net);
+        atomic_init(&f->refs, 1); /* the cache's */
+        tame_frozen_put(*cache);
+        *cache = f;
+    }
+    atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+    *ret = f;
+    return 0;
+}
+
+void tame_frozen_put(struct tame_frozen *f)
+{
+    if (!f || atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1) return;
+    nn_mlp_free(f->net);
+    tame_free(f);
+}
 
 struct tame_snapshot {
     int input_dim, classes;
     int n_experts;
     int active;                               /* route target without a selector */
-    struct nn_mlp *experts[TAME_MAX_EXPERTS]; /* frozen copies */
+    struct nn_mlp *experts[TAME_MAX_EXPERTS]; /* frozen[k]->net */
+    struct tame_frozen *frozen[TAME_MAX_EXPERTS];
     uint8_t *labels;                          /* [n_experts x classes] */
-    struct nn_mlp *selector;                  /* frozen copy or NULL */
+    struct nn_mlp *selector;                  /* frozen_selector->net or NULL */
+    struct tame_frozen *frozen_selector;
     int selector_experts;
 };
 
 void tame_snapshot_free(struct tame_snapshot *s)
 {
     if (!s) return;
-    for (int k = 0; k < s->n_experts; k++) nn_mlp_free(s->experts[k]);
-    nn_mlp_free(s->selector);
+    for (int k = 0; k < s->n_experts; k++) tame_frozen_put(s->frozen[k]);
+    tame_frozen_put(s->frozen_selector);
     tame_free(s->labels);
     tame_free(s);
 }
 
-int tame_learner_snapshot(const struct tame_learner *l, struct tame_snapshot **ret)
+int tame_learner_snapshot(struct tame_learner *l, struct tame_snapshot **ret)
 {
     struct tame_snapshot *s = tame_calloc(1, sizeof(*s));
     if (!s) return TAME_E_NOMEM;
@@ -36,7 +66,8 @@ int tame_learner_snapshot(const struct tame_learner *l, struct tame_snapshot **r
     s->labels = tame_calloc((size_t)(l->n_experts ? l->n_experts : 1) * l->p.classes, 1);
     if (!s->labels) goto fail;
     for (int k = 0; k < l->n_experts; k++) {
-        if (nn_mlp_clone_frozen(l->experts[k]->net, &s->experts[k]) < 0) goto fail;
+        if (tame_frozen_get(l->experts[k]->net, &l->experts[k]->frozen, &s->frozen[k]) < 0) goto fail;
+        s->experts[k] = s->frozen[k]->net;
         s->n_experts = k + 1;
         uint8_t *lab = s->labels + (size_t)k * s->classes;
         memcpy(lab, l->experts[k]->labels, (size_t)s->classes);
@@ -51,7 +82,8 @@ int tame_learner_snapshot(const struct tame_learner *l, struct tame_snapshot **r
         }
     }
     if (l->selector) {
-        if (nn_mlp_clone_frozen(l->selector, &s->selector) < 0) goto fail;
+        if (tame_frozen_get(l->selector, &l->frozen_selector, &s->frozen_selector) < 0) goto fail;
+        s->selector = s->frozen_selector->net;
         s->selector_experts = l->selector_experts;
     }
     *ret = s;
@@ -67,9 +99,9 @@ int tame_snapshot_classes(const struct tame_snapshot *s) { return s->classes; }
 void tame_snapshot_nonzero(const struct tame_snapshot *s, size_t *ret_experts, size_t *ret_selector)
 {
     size_t e = 0;
-    for (int k = 0; k < s->n_experts; k++) e += nn_mlp_nonzero(s->experts[k]);
+    for (int k = 0; k < s->n_experts; k++) e += s->frozen[k]->nonzero;
     *ret_experts = e;
-    *ret_selector = s->selector ? nn_mlp_nonzero(s->selector) : 0;
+    *ret_selector = s->selector ? s->frozen_selector->nonzero : 0;
 }
 
 struct tame_predict_work {

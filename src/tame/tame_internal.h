@@ -8,9 +8,25 @@
 #include "tame/tame.h"
 #include "reservoir.h"
 
+/* A frozen copy of a network (nn_mlp_clone_frozen), shared by every
+ * snapshot published while the network kept its version and by the owner
+ * of the network, which hands it out again: a snapshot copies only what
+ * changed since the last one (the active expert, not 20 pruned ones). */
+struct tame_frozen {
+    _Atomic int refs;
+    struct nn_mlp *net;
+    size_t nonzero; /* nn_mlp_nonzero, counted once */
+};
+
+/* A new reference to the frozen copy of `net`, from *cache if it holds the
+ * current version, else from a new copy that replaces it. */
+int tame_frozen_get(const struct nn_mlp *net, struct tame_frozen **cache, struct tame_frozen **ret);
+void tame_frozen_put(struct tame_frozen *f);
+
 struct tame_expert {
     int id;
     struct nn_mlp *net;
+    struct tame_frozen *frozen;  /* the last frozen copy of net; not saved */
     struct nn_work *work;        /* scratch for this expert's forward/backward; not saved */
     float *window;               /* ring of the last `window` reference losses */
     int win_len, win_pos;        /* entries used; next write position */
@@ -73,6 +89,7 @@ struct tame_learner {
     struct tame_pending *pending; /* ring of attribution_batches entries */
     int pend_head, pend_len;      /* oldest entry; entries held */
     struct nn_mlp *selector;     /* NULL until the first one is installed */
+    struct tame_frozen *frozen_selector; /* its last frozen copy; not saved */
     int selector_experts;        /* experts it was trained for */
     uint64_t selector_version;
     uint64_t selector_batch;     /* l->batches when the last job was taken */

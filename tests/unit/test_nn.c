@@ -339,6 +339,79 @@ START_TEST(pruning_reaches_exact_sparsity_and_survives_training)
 }
 END_TEST
 
+/* A frozen copy keeps the source's version and, for each layer with few
+ * enough non-zero weights, compressed rows holding exactly those weights;
+ * its forward passes (compressed rows for few input rows, the GEMM for many)
+ * agree with the source's.  Every change of the weights gives a new version. */
+START_TEST(frozen_copies_compress_sparse_layers_and_forward_alike)
+{
+    const int dims[] = {40, 30, 20, 5};
+    struct tame_rng r;
+    tame_rng_seed(&r, 11);
+    struct nn_mlp *m, *f, *dense_f;
+    struct nn_work *wm, *wf;
+    ck_assert_int_eq(nn_mlp_new(dims, 4, &r, &m), 0);
+    ck_assert_int_eq(nn_mlp_clone_frozen(m, &dense_f), 0);
+    for (int l = 0; l < m->n_layers; l++) ck_assert_ptr_null(dense_f->sparse[l]); /* nothing pruned */
+    uint64_t v0 = m->version;
+    ck_assert_uint_eq(dense_f->version, v0);
+    ck_assert_int_eq(nn_mlp_prune(m, 0.97), 0);
+    ck_assert_uint_ne(m->version, v0);
+    ck_assert_int_eq(nn_mlp_clone_frozen(m, &f), 0);
+    ck_assert_uint_eq(f->version, m->version);
+    int compressed = 0;
+    for (int l = 0; l < m->n_layers; l++) {
+        const struct nn_layer *L = &m->layer[l];
+        const float *w = m->param + L->w_off;
+        size_t nz = 0, dense = (size_t)L->in * L->out;
+        for (size_t i = 0; i < dense; i++) nz += w[i] != 0.0f;
+        const struct nn_sparse_rows *s = f->sparse[l];
+        ck_assert(nz * 8 <= dense ? s != NULL : s == NULL);
+        if (!s) continue;
+        compressed++;
+        ck_assert_uint_eq(s->start[L->out], nz);
+        float *back = calloc(dense, sizeof(float));
+        for (int j = 0; j < L->out; j++)
+            for (uint32_t k = s->start[j]; k < s->start[j + 1]; k++) {
+                ck_assert_uint_lt(s->col[k], (uint32_t)L->in);
+                back[(size_t)j * L->in + s->col[k]] = s->val[k];
+            }
+        ck_assert_mem_eq(back, w, dense * sizeof(float));
+        free(back);
+    }
+    ck_assert_int_ge(compressed, 1);
+
+    ck_assert_int_eq(nn_work_new(m, 64, &wm), 0);
+    ck_assert_int_eq(nn_work_new(f, 64, &wf), 0);
+    float x[64 * 40];
+    fill_uniform(&r, x, 64 * 40, -1.0f, 2.0f);
+    const int rows[] = {1, 3, 64};
+    for (int t = 0; t < 3; t++) {
+        int n = rows[t];
+        uint64_t v = m->version;
+        nn_mlp_forward(m, wm, x, n);
+        nn_mlp_forward(f, wf, x, n);
+        ck_assert_uint_eq(m->version, v);
+        for (int i = 0; i < n * 5; i++)
+            ck_assert_float_eq_tol(nn_work_logits(wf)[i], nn_work_logits(wm)[i],
+                                   1e-5f * (1.0f + fabsf(nn_work_logits(wm)[i])));
+    }
+    /* A training step moves the version on; the frozen copy keeps its own. */
+    int y[64];
+    blobs(&r, x, y, 64, 40, 5);
+    struct nn_sgd opt = {.lr = 0.1f, .momentum = 0.9f};
+    uint64_t before = m->version;
+    ck_assert_int_eq(nn_mlp_train_step(m, wm, x, y, 64, NULL, &opt, NULL), 0);
+    ck_assert_uint_ne(m->version, before);
+    ck_assert_uint_eq(f->version, before);
+    nn_work_free(wm);
+    nn_work_free(wf);
+    nn_mlp_free(f);
+    nn_mlp_free(dense_f);
+    nn_mlp_free(m);
+}
+END_TEST
+
 START_TEST(serialisation_round_trips_and_detects_corruption)
 {
     const int dims[] = {5, 6, 3};
@@ -450,6 +523,7 @@ static Suite *nn_suite(void)
     tcase_add_test(tc, nonfinite_update_changes_nothing);
     tcase_add_test(tc, training_learns_separable_blobs);
     tcase_add_test(tc, pruning_reaches_exact_sparsity_and_survives_training);
+    tcase_add_test(tc, frozen_copies_compress_sparse_layers_and_forward_alike);
     tcase_add_test(tc, serialisation_round_trips_and_detects_corruption);
     tcase_add_test(tc, allocation_failures_are_clean);
     suite_add_tcase(s, tc);

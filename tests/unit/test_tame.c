@@ -9,6 +9,7 @@
 #include "check_run.h"
 
 #include <check.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -272,11 +273,10 @@ static void events_equal(const struct run *a, const struct run *b)
     }
 }
 
-static void predictions_equal(struct tame_learner *a, struct tame_learner *b)
+/* Bit-identical predictions (labels, experts, confidences, probabilities)
+ * of two snapshots on 600 inputs of the three tasks. */
+static void snapshots_predict_alike(const struct tame_snapshot *sa, const struct tame_snapshot *sb)
 {
-    struct tame_snapshot *sa, *sb;
-    ck_assert_int_eq(tame_learner_snapshot(a, &sa), 0);
-    ck_assert_int_eq(tame_learner_snapshot(b, &sb), 0);
     struct tame_predict_work *wa, *wb;
     ck_assert_int_eq(tame_predict_work_new(sa, 50, &wa), 0);
     ck_assert_int_eq(tame_predict_work_new(sb, 50, &wb), 0);
@@ -298,9 +298,88 @@ static void predictions_equal(struct tame_learner *a, struct tame_learner *b)
     }
     tame_predict_work_free(wa);
     tame_predict_work_free(wb);
+}
+
+static void predictions_equal(struct tame_learner *a, struct tame_learner *b)
+{
+    struct tame_snapshot *sa, *sb;
+    ck_assert_int_eq(tame_learner_snapshot(a, &sa), 0);
+    ck_assert_int_eq(tame_learner_snapshot(b, &sb), 0);
+    snapshots_predict_alike(sa, sb);
     tame_snapshot_free(sa);
     tame_snapshot_free(sb);
 }
+
+/* A snapshot copies only the networks that changed since the learner's
+ * last one (pruned experts do not, the active one does after a step) and
+ * never serves a stale one: it predicts exactly as a snapshot of a reloaded
+ * copy, which shares nothing, even after its learner is gone. */
+START_TEST(snapshots_share_unchanged_networks_and_never_stale_ones)
+{
+    struct tame_params p = test_params(5);
+    p.expert_sparsity = 0.98f; /* the default: sparse enough for compressed rows */
+    struct tame_learner *l, *copy;
+    ck_assert_int_eq(tame_learner_new(&p, &l), 0);
+    struct tame_rng r;
+    tame_rng_seed(&r, 400);
+    for (int t = 0; t < 3; t++) feed(l, &r, t, 300, NULL);
+    ck_assert_int_eq(tame_learner_train_selector(l), 0);
+    struct tame_info info;
+    tame_learner_info(l, &info);
+    ck_assert_int_eq(info.n_experts, 3);
+
+    struct tame_snapshot *s1, *s2, *s3, *fresh;
+    ck_assert_int_eq(tame_learner_snapshot(l, &s1), 0);
+    struct tame_frozen *fr[3], *fsel = l->frozen_selector;
+    ck_assert_ptr_nonnull(fsel);
+    int pruned = 0;
+    for (int k = 0; k < 3; k++) {
+        fr[k] = l->experts[k]->frozen;
+        ck_assert_ptr_nonnull(fr[k]);
+        ck_assert_ptr_ne(fr[k]->net, l->experts[k]->net);
+        /* Pruned experts forward over compressed rows, the others never. */
+        int compressed = 0;
+        for (int j = 0; j < fr[k]->net->n_layers; j++) compressed += fr[k]->net->sparse[j] != NULL;
+        if (l->experts[k]->pruned) {
+            pruned++;
+            ck_assert_int_ge(compressed, 1);
+        } else {
+            ck_assert_int_eq(compressed, 0);
+        }
+    }
+    ck_assert_int_ge(pruned, 1);
+    ck_assert_int_eq(tame_learner_snapshot(l, &s2), 0);
+    for (int k = 0; k < 3; k++) {
+        ck_assert_ptr_eq(l->experts[k]->frozen, fr[k]);
+        ck_assert_int_eq(atomic_load(&fr[k]->refs), 3); /* the learner, s1, s2 */
+    }
+    ck_assert_ptr_eq(l->frozen_selector, fsel);
+
+    feed(l, &r, 2, 1, NULL); /* task 2 is the active expert's */
+    tame_learner_info(l, &info);
+    ck_assert_int_eq(tame_learner_snapshot(l, &s3), 0);
+    for (int k = 0; k < 3; k++)
+        if (k == info.active) ck_assert_ptr_ne(l->experts[k]->frozen, fr[k]);
+        else ck_assert_ptr_eq(l->experts[k]->frozen, fr[k]);
+    ck_assert_ptr_eq(l->frozen_selector, fsel);
+
+    struct tame_wbuf w;
+    tame_wbuf_init(&w);
+    tame_learner_save(l, &w);
+    struct tame_rbuf rb;
+    tame_rbuf_init(&rb, w.data, w.len);
+    ck_assert_int_eq(tame_learner_load(&rb, &copy), 0);
+    tame_wbuf_done(&w);
+    ck_assert_int_eq(tame_learner_snapshot(copy, &fresh), 0);
+    tame_snapshot_free(s1);
+    tame_snapshot_free(s2);
+    tame_learner_free(l);
+    snapshots_predict_alike(s3, fresh);
+    tame_snapshot_free(s3);
+    tame_snapshot_free(fresh);
+    tame_learner_free(copy);
+}
+END_TEST
 
 /* The stream 0,1,0,2 (300 batches each) cut at `cut` batches. */
 static void stream_part(struct tame_learner *l, struct tame_rng *r, int from, int to, struct run *run)
@@ -658,7 +737,9 @@ START_TEST(allocation_failures_are_clean_and_change_nothing)
         int rc[6];
         rc[0] = tame_learner_new(&p, &a);
         rc[1] = tame_learner_load(&rb, &b);
-        rc[2] = tame_learner_snapshot(base, &s);
+        /* Of the fresh copy: a learner keeps its snapshot's frozen networks
+         * for the next one, and b is freed before s, which must keep them. */
+        rc[2] = b ? tame_learner_snapshot(b, &s) : 0;
         rc[3] = s ? tame_predict_work_new(s, 16, &w) : 0;
         rc[4] = tame_selector_job_new(base, &job);
         rc[5] = b ? tame_learner_step(b, x, y, BS) : 0;
@@ -781,6 +862,7 @@ int main(void)
     tcase_add_test(tc, abrupt_shift_is_detected_within_five_batches_and_spawns);
     tcase_add_test(tc, recurring_task_reuses_its_expert_and_new_task_spawns);
     tcase_add_test(tc, three_task_stream_three_experts_and_routing_over_95_percent);
+    tcase_add_test(tc, snapshots_share_unchanged_networks_and_never_stale_ones);
     tcase_add_test(tc, save_load_continue_equals_never_saving);
     tcase_add_test(tc, a_saved_selector_job_trains_the_same_selector);
     tcase_add_test(tc, two_threads_give_bit_identical_results);
