@@ -310,6 +310,23 @@ static void predictions_equal(struct tame_learner *a, struct tame_learner *b)
     tame_snapshot_free(sb);
 }
 
+/* A copy of l through tame_learner_save and tame_learner_load, which must
+ * read back every byte written. */
+static struct tame_learner *reloaded(struct tame_learner *l)
+{
+    struct tame_wbuf w;
+    tame_wbuf_init(&w);
+    tame_learner_save(l, &w);
+    ck_assert_int_eq(w.err, 0);
+    struct tame_rbuf rb;
+    tame_rbuf_init(&rb, w.data, w.len);
+    struct tame_learner *copy;
+    ck_assert_int_eq(tame_learner_load(&rb, &copy), 0);
+    ck_assert_uint_eq(tame_rbuf_left(&rb), 0);
+    tame_wbuf_done(&w);
+    return copy;
+}
+
 /* A snapshot copies only the networks that changed since the learner's
  * last one (pruned experts do not, the active one does after a step) and
  * never serves a stale one: it predicts exactly as a snapshot of a reloaded
@@ -363,13 +380,7 @@ START_TEST(snapshots_share_unchanged_networks_and_never_stale_ones)
         else ck_assert_ptr_eq(l->experts[k]->frozen, fr[k]);
     ck_assert_ptr_eq(l->frozen_selector, fsel);
 
-    struct tame_wbuf w;
-    tame_wbuf_init(&w);
-    tame_learner_save(l, &w);
-    struct tame_rbuf rb;
-    tame_rbuf_init(&rb, w.data, w.len);
-    ck_assert_int_eq(tame_learner_load(&rb, &copy), 0);
-    tame_wbuf_done(&w);
+    copy = reloaded(l);
     ck_assert_int_eq(tame_learner_snapshot(copy, &fresh), 0);
     tame_snapshot_free(s1);
     tame_snapshot_free(s2);
@@ -418,16 +429,9 @@ START_TEST(save_load_continue_equals_never_saving)
         tame_rng_seed(&r, 500);
         struct run run = {0};
         stream_part(l, &r, 0, cuts[c], &run);
-        struct tame_wbuf w;
-        tame_wbuf_init(&w);
-        tame_learner_save(l, &w);
-        ck_assert_int_eq(w.err, 0);
+        struct tame_learner *back = reloaded(l);
         tame_learner_free(l);
-        struct tame_rbuf rb;
-        tame_rbuf_init(&rb, w.data, w.len);
-        ck_assert_int_eq(tame_learner_load(&rb, &l), 0);
-        ck_assert_uint_eq(tame_rbuf_left(&rb), 0);
-        tame_wbuf_done(&w);
+        l = back;
         stream_part(l, &r, cuts[c], 1200, &run);
         ck_assert_int_eq(tame_learner_train_selector(l), 0);
         run_collect(l, &run);
