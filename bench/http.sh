@@ -14,7 +14,11 @@ epochs=${2:-1}
 out=bench/out
 mkdir -p "$out"
 db=$(mktemp -d)
-"$build/tamed" --listen 127.0.0.1:18181 --db "$db/tamed.db" --workers 1 --step-threads 1 ${TAMED_ARGS:---http-threads 2} \
+# Every client here comes from 127.0.0.1: wrk's 64 connections and a feeding
+# stream's would be 65 from one address, over the default --per-ip-max 64
+# (the 65th is refused at accept, again and again, as wrk reconnects).
+"$build/tamed" --listen 127.0.0.1:18181 --db "$db/tamed.db" --workers 1 --step-threads 1 --per-ip-max 128 \
+  ${TAMED_ARGS:---http-threads 2} \
   > "$out/tamed-bench.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$db"' EXIT
@@ -73,6 +77,11 @@ t1=$(trained_now tame-eval-split-3)
 echo "meanwhile the other model trained $((t1 - t0)) samples"
 echo $((t1 - t0)) > "$out/trained-64-paced.txt"
 kill $feeder 2>/dev/null || true
+# Connections refused at accept over the whole run (0 unless a limit was
+# hit) and socket errors wrk saw: either would make the rows lie.
+refused=$(curl -s http://127.0.0.1:18181/metrics |
+  awk '/^tame_http_connections_refused_total/ { n += $2 } END { print n + 0 }')
+wrk_errors=$(cd "$out" && cat wrk-64-idle.txt wrk-1-t1.txt wrk-64-t1.txt wrk-64-t2.txt wrk-64-paced.txt | awk '/Socket errors/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }')
 # wrk prints latencies in us, ms or s: p99 in ms, and requests/s.
 wrk_stats() {
   awk '/^ +99%/ { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
@@ -86,4 +95,5 @@ h=$(sps "$out/ingest-http.json"); i2=$(sps "$out/ingest-inprocess.json"); i1=$(s
 echo "RESULT idle64_rps=$1 idle64_p99=$2 c1_rps=$3 c1_p99=$4 c64t1_rps=$5 c64t1_p99=$6 c64t2_rps=$7 c64t2_p99=$8" \
   "paced_rps=$9 paced_p99=${10} c64t1_trained=$(cat "$out/trained-64-t1.txt") paced_trained=$(cat "$out/trained-64-paced.txt")" \
   "ingest_http=$h inproc_1t=$i1 inproc_2t=$i2" \
-  "ratio_1t=$(awk "BEGIN { printf \"%.2f\", $h / $i1 }") ratio_2t=$(awk "BEGIN { printf \"%.2f\", $h / $i2 }")"
+  "ratio_1t=$(awk "BEGIN { printf \"%.2f\", $h / $i1 }") ratio_2t=$(awk "BEGIN { printf \"%.2f\", $h / $i2 }")" \
+  "refused=$refused wrk_socket_errors=$wrk_errors"

@@ -766,6 +766,17 @@ static int handle_metrics(struct http_server *h, struct http_req *c)
         tame_wbuf_printf(&t, "tame_http_bodies_split_total{parallel=\"%s\"} %llu\n", k ? "yes" : "no",
                          (unsigned long long)h->bodies_split[k]);
     pthread_mutex_unlock(&h->metrics_mu);
+    int open;
+    uint64_t refused[HTTP_REFUSED_COUNT];
+    http_connection_counts(h, &open, refused);
+    tame_wbuf_printf(&t, "# HELP tame_http_connections Open HTTP connections.\n# TYPE tame_http_connections gauge\n"
+                         "tame_http_connections %d\n", open);
+    tame_wbuf_printf(&t, "# HELP tame_http_connections_refused_total Connections closed at accept, by the limit"
+                         " they were over.\n# TYPE tame_http_connections_refused_total counter\n"
+                         "tame_http_connections_refused_total{limit=\"connections_max\"} %llu\n"
+                         "tame_http_connections_refused_total{limit=\"per_ip_max\"} %llu\n",
+                     (unsigned long long)refused[HTTP_REFUSED_CONNECTIONS_MAX],
+                     (unsigned long long)refused[HTTP_REFUSED_PER_IP_MAX]);
 
     static const char *const gauges[][3] = {
         {"tame_samples_ingested_total", "counter", "Samples acknowledged."},

@@ -43,6 +43,9 @@ struct http_req {
     struct http_reply reply;
 };
 
+/* Why a connection was closed at accept: the limit it was over. */
+enum http_refused { HTTP_REFUSED_CONNECTIONS_MAX, HTTP_REFUSED_PER_IP_MAX, HTTP_REFUSED_COUNT };
+
 struct http_server {
     struct http_config cfg;
     struct serve *serve;
@@ -58,6 +61,14 @@ struct http_server {
     uint64_t duration_count[HTTP_EP_COUNT];
     double duration_sum[HTTP_EP_COUNT];
     uint64_t bodies_split[2];                        /* parsed in two parts: [0] alone, [1] in parallel */
+    /* Open connections by client address, and those refused at accept
+     * (server.c, "connection limits"). */
+    pthread_mutex_t conn_mu;
+    struct conn_count *by_ip;   /* [n_ips], room for every address that can be open */
+    int n_ips, open;
+    uint64_t refused[HTTP_REFUSED_COUNT];
+    uint64_t refused_unlogged;  /* since the last log line about them */
+    double refused_logged_at;
 };
 
 /* body is the request's own buffer: numeric arrays are rewritten in place.
@@ -65,6 +76,8 @@ struct http_server {
 void http_route(struct http_server *h, struct http_req *c, const char *url, const char *method,
                 char *body, size_t len, double t0);
 void http_metrics_request(struct http_server *h, enum http_endpoint ep, int status, double seconds);
+/* Connections open now, and those refused at accept so far by limit. */
+void http_connection_counts(struct http_server *h, int *open, uint64_t refused[HTTP_REFUSED_COUNT]);
 
 /* Set c's reply (replacing one set before); body is taken. */
 int http_send(struct http_req *c, int status, const char *type, char *body, size_t len,

@@ -218,6 +218,118 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* ---- connection limits ----
+ * libmicrohttpd closes a connection over its limits without a word, so the
+ * client sees a reset and the operator nothing.  tamed applies
+ * --connections-max and --per-ip-max itself, in the accept policy, where a
+ * refusal is counted (tame_http_connections_refused_total) and logged, at
+ * most once every 10 s with the number since.  A connection is counted once
+ * libmicrohttpd has set it up (STARTED) and uncounted when it closes; the
+ * policy only reads the counts, so a connection that fails its setup after
+ * the policy never keeps a slot.  Two HTTP threads accepting from one
+ * address at the same instant may both pass: a limit can be exceeded by at
+ * most threads - 1, and libmicrohttpd's own connection limit, that much
+ * higher, stays the hard bound. */
+
+struct conn_count {
+    in_addr_t ip; /* network order; 0 for an address that is not IPv4 */
+    int n;
+};
+
+static in_addr_t client_ip(const struct sockaddr *a)
+{
+    return a && a->sa_family == AF_INET ? ((const struct sockaddr_in *)a)->sin_addr.s_addr : 0;
+}
+
+static struct conn_count *conn_find(struct http_server *h, in_addr_t ip)
+{
+    for (int i = 0; i < h->n_ips; i++)
+        if (h->by_ip[i].ip == ip) return &h->by_ip[i];
+    return NULL;
+}
+
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    (void)addrlen;
+    struct http_server *h = cls;
+    in_addr_t ip = client_ip(addr);
+    int why = -1, limit = 0;
+    uint64_t unlogged = 0;
+    pthread_mutex_lock(&h->conn_mu);
+    const struct conn_count *c = conn_find(h, ip);
+    if (h->open >= h->cfg.connections_max) why = HTTP_REFUSED_CONNECTIONS_MAX, limit = h->cfg.connections_max;
+    else if (c && c->n >= h->cfg.per_ip_max) why = HTTP_REFUSED_PER_IP_MAX, limit = h->cfg.per_ip_max;
+    if (why >= 0) {
+        h->refused[why]++;
+        h->refused_unlogged++;
+        double now = tame_now_s();
+        if (now - h->refused_logged_at >= 10.0) {
+            unlogged = h->refused_unlogged;
+            h->refused_unlogged = 0;
+            h->refused_logged_at = now;
+        }
+    }
+    pthread_mutex_unlock(&h->conn_mu);
+    if (unlogged) {
+        char text[INET_ADDRSTRLEN] = "?";
+        inet_ntop(AF_INET, &ip, text, sizeof(text));
+        TAME_LOG(TAME_LOG_WARN, "connection refused", "addr=%s limit=%s value=%d refused_since_last_line=%llu",
+                 text, why == HTTP_REFUSED_PER_IP_MAX ? "per-ip-max" : "connections-max", limit,
+                 (unsigned long long)unlogged);
+    }
+    return why < 0 ? MHD_YES : MHD_NO;
+}
+
+/* The address is kept in the connection's socket context, tagged so that
+ * 0.0.0.0 is not NULL: a connection closed without having started (none
+ * should) uncounts nothing. */
+#define CONN_TAG ((uintptr_t)1 << 32)
+_Static_assert(sizeof(uintptr_t) >= 8, "the socket context holds a tagged IPv4 address");
+
+static void on_connection(void *cls, struct MHD_Connection *connection, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_server *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *i = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        in_addr_t ip = client_ip(i ? i->client_addr : NULL);
+        pthread_mutex_lock(&h->conn_mu);
+        struct conn_count *c = conn_find(h, ip);
+        if (!c) { /* by_ip has room for connections_max + threads addresses */
+            c = &h->by_ip[h->n_ips++];
+            *c = (struct conn_count){.ip = ip};
+        }
+        c->n++;
+        h->open++;
+        pthread_mutex_unlock(&h->conn_mu);
+        *socket_context = (void *)(CONN_TAG | ip);
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        in_addr_t ip = (in_addr_t)((uintptr_t)*socket_context & (CONN_TAG - 1));
+        pthread_mutex_lock(&h->conn_mu);
+        struct conn_count *c = conn_find(h, ip);
+        if (c && --c->n == 0) *c = h->by_ip[--h->n_ips];
+        h->open--;
+        pthread_mutex_unlock(&h->conn_mu);
+        *socket_context = NULL;
+    }
+}
+
+void http_connection_counts(struct http_server *h, int *open, uint64_t refused[HTTP_REFUSED_COUNT])
+{
+    pthread_mutex_lock(&h->conn_mu);
+    *open = h->open;
+    memcpy(refused, h->refused, sizeof(h->refused));
+    pthread_mutex_unlock(&h->conn_mu);
+}
+
+static void server_free(struct http_server *h)
+{
+    pthread_mutex_destroy(&h->conn_mu);
+    pthread_mutex_destroy(&h->metrics_mu);
+    free(h->by_ip);
+    free(h);
+}
+
 int http_start(const struct http_config *cfg, struct serve *s, struct http_server **ret)
 {
     struct http_server *h = calloc(1, sizeof(*h));
@@ -225,6 +337,14 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
     h->cfg = *cfg;
     h->serve = s;
     atomic_init(&h->ready, true);
+    /* libmicrohttpd's limit, the hard one: ours plus what a race can add. */
+    const unsigned hard_max = (unsigned)cfg->connections_max + (unsigned)cfg->threads;
+    h->by_ip = calloc(hard_max, sizeof(*h->by_ip));
+    if (!h->by_ip) {
+        free(h);
+        return TAME_E_NOMEM;
+    }
+    pthread_mutex_init(&h->conn_mu, NULL);
     pthread_mutex_init(&h->metrics_mu, NULL);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
     if (inet_pton(AF_INET, cfg->listen_host, &addr.sin_addr) != 1) {
@@ -233,8 +353,7 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
     }
     json_object_seed(0); /* before any thread parses: randomised hashing */
     if (lane_start(cfg->lane_threads, cfg->lane_nice, &h->lane) < 0) {
-        pthread_mutex_destroy(&h->metrics_mu);
-        free(h);
+        server_free(h);
         return TAME_E_NOMEM;
     }
     /* poll(), not epoll: with a thread pool, libmicrohttpd 0.9.75's
@@ -247,16 +366,15 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
      * requests, spill out of cache (15-20 % more predictions a second
      * measured), and headers of up to about 8 KiB still fit. */
     h->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, accept_policy, h,
         on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)cfg->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_max,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT, hard_max,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)16384, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+        (size_t)16384, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, h, MHD_OPTION_END);
     if (!h->daemon) {
         lane_free(h->lane);
-        pthread_mutex_destroy(&h->metrics_mu);
-        free(h);
+        server_free(h);
         return TAME_E_IO;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
@@ -299,6 +417,5 @@ void http_stop(struct http_server *h)
     MHD_stop_daemon(h->daemon);
     lane_free(h->lane);
     if (h->quiesced && h->listen_fd >= 0) close(h->listen_fd);
-    pthread_mutex_destroy(&h->metrics_mu);
-    free(h);
+    server_free(h);
 }

@@ -19,7 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/inotify.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -628,6 +631,82 @@ START_TEST(training_threads_run_below_the_http_threads)
 }
 END_TEST
 
+/* A raw connection to the daemon that asks /livez and stays open: its fd,
+ * or -1 if the daemon closed it instead of answering. */
+static int livez_connection(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    static const char ask[] = "GET /livez HTTP/1.1\r\nHost: t\r\n\r\n";
+    char got[64] = {0};
+    ssize_t n = -1;
+    if (send(fd, ask, sizeof(ask) - 1, MSG_NOSIGNAL) == (ssize_t)sizeof(ask) - 1) n = recv(fd, got, sizeof(got) - 1, 0);
+    if (n > 0 && strncmp(got, "HTTP/1.1 200", 12) == 0) return fd;
+    close(fd);
+    return -1;
+}
+
+/* The same, retried for up to 2 s: the daemon notices a closed connection
+ * on its next poll, not at once. */
+static int livez_connection_soon(int port)
+{
+    for (int i = 0; i < 200; i++) {
+        int fd = livez_connection(port);
+        if (fd >= 0) return fd;
+        usleep(10000);
+    }
+    return -1;
+}
+
+/* Over --per-ip-max or --connections-max, a connection is closed at
+ * accept, counted by limit and logged; a slot comes back when a connection
+ * closes.  (All of a test's connections come from 127.0.0.1.) */
+START_TEST(connections_over_a_limit_are_refused_counted_and_logged)
+{
+    struct {
+        const char *flags[5];
+        const char *series, *log;
+    } cases[] = {
+        {{"--per-ip-max", "2", NULL}, "tame_http_connections_refused_total{limit=\"per_ip_max\"}",
+         "limit=per-ip-max value=2"},
+        {{"--connections-max", "2", "--per-ip-max", "64", NULL},
+         "tame_http_connections_refused_total{limit=\"connections_max\"}", "limit=connections-max value=2"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        struct daemon d;
+        daemon_start(&d, cases[k].flags);
+        int a = livez_connection(d.port), b = livez_connection(d.port);
+        ck_assert_int_ge(a, 0);
+        ck_assert_int_ge(b, 0);
+        ck_assert_int_eq(livez_connection(d.port), -1);
+        close(a);
+        int c = livez_connection_soon(d.port);
+        ck_assert_int_ge(c, 0);
+        /* The metrics, on that connection (every slot is taken). */
+        static const char ask[] = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        ck_assert_int_eq(send(c, ask, sizeof(ask) - 1, MSG_NOSIGNAL), (ssize_t)sizeof(ask) - 1);
+        size_t len = 0;
+        char *text = malloc(1 << 20);
+        for (ssize_t n; (n = recv(c, text + len, (1 << 20) - 1 - len, 0)) > 0;) len += (size_t)n;
+        text[len] = 0;
+        const char *body = strstr(text, "\r\n\r\n");
+        ck_assert_ptr_nonnull(body);
+        ck_assert_double_ge(metric(body + 4, cases[k].series), 1);
+        ck_assert_double_eq(metric(body + 4, "tame_http_connections"), 2);
+        free(text);
+        close(b);
+        close(c);
+        ck_assert(daemon_log_has(&d, "msg=\"connection refused\""));
+        ck_assert(daemon_log_has(&d, cases[k].log));
+        ck_assert_int_eq(daemon_stop(&d), 0);
+        daemon_remove(&d);
+    }
+}
+END_TEST
+
 /* Start tamed with one environment variable set for it (a test hook, or
  * SQLite's temporary directory) and create model m. */
 static void start_with(struct daemon *d, const char *const *flags, const char *var, const char *value)
@@ -1001,6 +1080,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, a_write_waiting_for_its_commit_does_not_hold_up_predictions);
     tcase_add_test(tc, a_write_to_a_full_queue_waits_for_room_then_gets_429);
     tcase_add_test(tc, commits_create_no_temporary_files);
+    tcase_add_test(tc, connections_over_a_limit_are_refused_counted_and_logged);
     tcase_add_test(tc, only_one_write_at_a_time_waits_for_a_full_queue);
     tcase_add_test(tc, a_write_waiting_for_room_gets_404_when_its_model_is_deleted);
     tcase_add_test(tc, a_large_body_parsed_in_two_parts_means_the_same_as_small_ones);
