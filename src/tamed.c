@@ -26,7 +26,7 @@ struct settings {
     char token_file[1024];
     char log_level[16];
     char durability[16];
-    long body_max_bytes, connections_max, per_ip_max, idle_timeout_s, http_threads, lane_threads, lane_nice, workers,
+    long body_max_bytes, connections_max, per_ip_max, connection_memory_kib, idle_timeout_s, http_threads, lane_threads, lane_nice, workers,
         step_threads, queue_samples, queue_wait_ms, models_max, input_dim_max, classes_max, hidden_max, hidden_layers_max,
         experts_max, batch_max, checkpoint_batches, checkpoint_seconds, ids_keep, db_max_mb, train_nice,
         selector_nice;
@@ -55,6 +55,7 @@ static const struct setting {
     LNG(body_max_bytes, 1024, 1L << 30, "16777216", "largest request body; 413 above"),
     LNG(connections_max, 1, 65536, "256", "simultaneous connections"),
     LNG(per_ip_max, 1, 65536, "64", "simultaneous connections from one address"),
+    LNG(connection_memory_kib, 8, 1024, "16", "memory per connection, KiB: request headers, and each read of a body"),
     LNG(idle_timeout_s, 1, 3600, "30", "idle connection timeout, seconds"),
     LNG(http_threads, 1, 256, "2", "HTTP threads: predictions and reads"),
     LNG(lane_threads, 1, 256, "2", "threads for writes and large bodies (samples), off the HTTP threads"),
@@ -333,6 +334,7 @@ int main(int argc, char **argv)
                                .body_max_bytes = (size_t)st.body_max_bytes,
                                .connections_max = (int)st.connections_max,
                                .per_ip_max = (int)st.per_ip_max,
+                               .connection_memory_bytes = (size_t)st.connection_memory_kib * 1024,
                                .idle_timeout_s = (int)st.idle_timeout_s,
                                .threads = (int)st.http_threads,
                                .lane_threads = (int)st.lane_threads,

@@ -12,6 +12,7 @@ struct http_config {
     size_t body_max_bytes;       /* 413 above */
     int connections_max;
     int per_ip_max;
+    size_t connection_memory_bytes; /* libmicrohttpd's pool per connection */
     int idle_timeout_s;
     int threads;                 /* HTTP threads */
     int lane_threads;            /* threads for writes and large bodies */

@@ -361,16 +361,18 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
      * from the worker's epoll set, and the loser aborts the process ("Failed
      * to remove listen FD from epoll set"; seen once at SIGTERM in the
      * tests).  With poll, quiescing only signals the workers.
-     * Each connection keeps a 16 KiB memory pool (headers and read buffer)
-     * instead of the default 32 KiB: 64 pools of 32 KiB, zeroed between
-     * requests, spill out of cache (15-20 % more predictions a second
-     * measured), and headers of up to about 8 KiB still fit. */
+     * Each connection keeps a memory pool (headers and read buffer) of
+     * --connection-memory-kib, 16 by default instead of libmicrohttpd's 32:
+     * 64 pools of 32 KiB, zeroed between requests, spill out of cache (15-20 %
+     * more predictions a second measured at 16), and headers of up to about
+     * 8 KiB still fit.  The price: a body is read half a pool per poll round,
+     * so a 600 KB one on a thread busy with predictions takes ~75 rounds. */
     h->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, accept_policy, h,
         on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT, hard_max,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)16384, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
+        cfg->connection_memory_bytes, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, h, MHD_OPTION_END);
     if (!h->daemon) {
         lane_free(h->lane);
