@@ -362,11 +362,13 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
      * to remove listen FD from epoll set"; seen once at SIGTERM in the
      * tests).  With poll, quiescing only signals the workers.
      * Each connection keeps a memory pool (headers and read buffer) of
-     * --connection-memory-kib, 16 by default instead of libmicrohttpd's 32:
-     * 64 pools of 32 KiB, zeroed between requests, spill out of cache (15-20 %
-     * more predictions a second measured at 16), and headers of up to about
-     * 8 KiB still fit.  The price: a body is read half a pool per poll round,
-     * so a 600 KB one on a thread busy with predictions takes ~75 rounds. */
+     * --connection-memory-kib, 64 by default.  A body is read half a pool
+     * per poll round, so at 16 KiB a 600 KB samples body on a thread that
+     * also serves 32 busy prediction connections took ~75 rounds (30-130 ms):
+     * a stream of 5,000 samples/s fell to 1,300-1,900 in 2 of 5 runs.  At 64
+     * KiB it takes ~19 and kept pace in 5 of 5; the price, pools zeroed
+     * between requests and less of them in cache, is ~10 % more CPU per
+     * prediction (README, Daemon benchmarks). */
     h->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, accept_policy, h,
         on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
