@@ -55,7 +55,7 @@ static const struct setting {
     LNG(body_max_bytes, 1024, 1L << 30, "16777216", "largest request body; 413 above"),
     LNG(connections_max, 1, 65536, "256", "simultaneous connections"),
     LNG(per_ip_max, 1, 65536, "64", "simultaneous connections from one address"),
-    LNG(connection_memory_kib, 8, 1024, "64", "memory per connection, KiB: request headers, and each read of a body"),
+    LNG(connection_memory_kib, 8, 1024, "16", "memory per connection, KiB: request headers, and each read of a body"),
     LNG(idle_timeout_s, 1, 3600, "30", "idle connection timeout, seconds"),
     LNG(http_threads, 1, 256, "2", "HTTP threads: predictions and reads"),
     LNG(lane_threads, 1, 256, "2", "threads for writes and large bodies (samples), off the HTTP threads"),

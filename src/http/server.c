@@ -362,13 +362,15 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
      * to remove listen FD from epoll set"; seen once at SIGTERM in the
      * tests).  With poll, quiescing only signals the workers.
      * Each connection keeps a memory pool (headers and read buffer) of
-     * --connection-memory-kib, 64 by default.  A body is read half a pool
-     * per poll round, so at 16 KiB a 600 KB samples body on a thread that
-     * also serves 32 busy prediction connections took ~75 rounds (30-130 ms):
-     * a stream of 5,000 samples/s fell to 1,300-1,900 in 2 of 5 runs.  At 64
-     * KiB it takes ~19 and kept pace in 5 of 5; the price, pools zeroed
-     * between requests and less of them in cache, is ~10 % more CPU per
-     * prediction (README, Daemon benchmarks). */
+     * --connection-memory-kib, 16 by default.  libmicrohttpd zeroes the
+     * whole pool between requests (memorypool.c), so a prediction pays for
+     * its size: ~10 % more CPU per prediction at 64 KiB, 15-20 % fewer
+     * predictions a second at 32 (both measured).  A body, though, is read
+     * half a pool per poll round: at 16 KiB a 600 KB samples body on a
+     * thread that also serves 32 busy prediction connections takes ~75
+     * rounds (30-130 ms), and a stream of 5,000 samples/s fell to a third
+     * of its pace in about 1 run in 4; at 64 KiB, 1 in 17.  Predictions
+     * first by default; the flag is the other choice. */
     h->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, accept_policy, h,
         on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
