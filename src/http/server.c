@@ -295,14 +295,18 @@ static void on_connection(void *cls, struct MHD_Connection *connection, void **s
         in_addr_t ip = client_ip(i ? i->client_addr : NULL);
         pthread_mutex_lock(&h->conn_mu);
         struct conn_count *c = conn_find(h, ip);
-        if (!c) { /* by_ip has room for connections_max + threads addresses */
+        /* by_ip has room for as many addresses as libmicrohttpd lets
+         * connections open; past that (it cannot happen) it goes uncounted. */
+        if (!c && h->n_ips < h->cfg.connections_max + h->cfg.threads) {
             c = &h->by_ip[h->n_ips++];
             *c = (struct conn_count){.ip = ip};
         }
-        c->n++;
-        h->open++;
+        if (c) {
+            c->n++;
+            h->open++;
+        }
         pthread_mutex_unlock(&h->conn_mu);
-        *socket_context = (void *)(CONN_TAG | ip);
+        *socket_context = c ? (void *)(CONN_TAG | ip) : NULL;
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
         in_addr_t ip = (in_addr_t)((uintptr_t)*socket_context & (CONN_TAG - 1));
         pthread_mutex_lock(&h->conn_mu);
@@ -348,7 +352,7 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
     pthread_mutex_init(&h->metrics_mu, NULL);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
     if (inet_pton(AF_INET, cfg->listen_host, &addr.sin_addr) != 1) {
-        free(h);
+        server_free(h);
         return TAME_E_INVAL;
     }
     json_object_seed(0); /* before any thread parses: randomised hashing */
