@@ -111,10 +111,10 @@ static void usage(FILE *f)
         snprintf(flag, sizeof(flag), "--%s", table[i].name);
         for (char *p = flag; *p; p++)
             if (*p == '_') *p = '-';
-        fprintf(f, "  %-22s %s (default %s)\n", flag, table[i].doc, *table[i].dflt ? table[i].dflt : "none");
+        fprintf(f, "  %-24s %s (default %s)\n", flag, table[i].doc, *table[i].dflt ? table[i].dflt : "none");
     }
-    fprintf(f, "  %-22s ask /livez of a running tamed; exit 0 if alive, 1 if not\n", "--healthcheck");
-    fprintf(f, "  %-22s copy the database consistently to PATH, while tamed runs or not\n", "backup PATH");
+    fprintf(f, "  %-24s ask /livez of a running tamed; exit 0 if alive, 1 if not\n", "--healthcheck");
+    fprintf(f, "  %-24s copy the database consistently to PATH, while tamed runs or not\n", "backup PATH");
 }
 
 static const struct setting *find_setting(const char *flag)
