@@ -64,8 +64,8 @@ struct http_server {
     /* Open connections by client address, and those refused at accept
      * (server.c, "connection limits"). */
     pthread_mutex_t conn_mu;
-    struct conn_count *by_ip;   /* [n_ips], room for every address that can be open */
-    int n_ips, open;
+    struct conn_count *by_ip;   /* [n_ips] of ips_cap: libmicrohttpd's connection limit */
+    int n_ips, ips_cap;
     uint64_t refused[HTTP_REFUSED_COUNT];
     uint64_t refused_unlogged;  /* since the last log line about them */
     double refused_logged_at;

@@ -241,11 +241,18 @@ static in_addr_t client_ip(const struct sockaddr *a)
     return a && a->sa_family == AF_INET ? ((const struct sockaddr_in *)a)->sin_addr.s_addr : 0;
 }
 
-static struct conn_count *conn_find(struct http_server *h, in_addr_t ip)
+/* The entry of ip (NULL if none), and, if ret_open, the connections open
+ * from every address. */
+static struct conn_count *conn_find(struct http_server *h, in_addr_t ip, int *ret_open)
 {
-    for (int i = 0; i < h->n_ips; i++)
-        if (h->by_ip[i].ip == ip) return &h->by_ip[i];
-    return NULL;
+    struct conn_count *c = NULL;
+    int open = 0;
+    for (int i = 0; i < h->n_ips; i++) {
+        open += h->by_ip[i].n;
+        if (h->by_ip[i].ip == ip) c = &h->by_ip[i];
+    }
+    if (ret_open) *ret_open = open;
+    return c;
 }
 
 static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
@@ -256,8 +263,9 @@ static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, soc
     int why = -1, limit = 0;
     uint64_t unlogged = 0;
     pthread_mutex_lock(&h->conn_mu);
-    const struct conn_count *c = conn_find(h, ip);
-    if (h->open >= h->cfg.connections_max) why = HTTP_REFUSED_CONNECTIONS_MAX, limit = h->cfg.connections_max;
+    int open;
+    const struct conn_count *c = conn_find(h, ip, &open);
+    if (open >= h->cfg.connections_max) why = HTTP_REFUSED_CONNECTIONS_MAX, limit = h->cfg.connections_max;
     else if (c && c->n >= h->cfg.per_ip_max) why = HTTP_REFUSED_PER_IP_MAX, limit = h->cfg.per_ip_max;
     if (why >= 0) {
         h->refused[why]++;
@@ -294,25 +302,21 @@ static void on_connection(void *cls, struct MHD_Connection *connection, void **s
         const union MHD_ConnectionInfo *i = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         in_addr_t ip = client_ip(i ? i->client_addr : NULL);
         pthread_mutex_lock(&h->conn_mu);
-        struct conn_count *c = conn_find(h, ip);
+        struct conn_count *c = conn_find(h, ip, NULL);
         /* by_ip has room for as many addresses as libmicrohttpd lets
          * connections open; past that (it cannot happen) it goes uncounted. */
-        if (!c && h->n_ips < h->cfg.connections_max + h->cfg.threads) {
+        if (!c && h->n_ips < h->ips_cap) {
             c = &h->by_ip[h->n_ips++];
             *c = (struct conn_count){.ip = ip};
         }
-        if (c) {
-            c->n++;
-            h->open++;
-        }
+        if (c) c->n++;
         pthread_mutex_unlock(&h->conn_mu);
         *socket_context = c ? (void *)(CONN_TAG | ip) : NULL;
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
         in_addr_t ip = (in_addr_t)((uintptr_t)*socket_context & (CONN_TAG - 1));
         pthread_mutex_lock(&h->conn_mu);
-        struct conn_count *c = conn_find(h, ip);
+        struct conn_count *c = conn_find(h, ip, NULL);
         if (c && --c->n == 0) *c = h->by_ip[--h->n_ips];
-        h->open--;
         pthread_mutex_unlock(&h->conn_mu);
         *socket_context = NULL;
     }
@@ -321,7 +325,7 @@ static void on_connection(void *cls, struct MHD_Connection *connection, void **s
 void http_connection_counts(struct http_server *h, int *open, uint64_t refused[HTTP_REFUSED_COUNT])
 {
     pthread_mutex_lock(&h->conn_mu);
-    *open = h->open;
+    conn_find(h, 0, open); /* for the total; the address looked up does not matter */
     memcpy(refused, h->refused, sizeof(h->refused));
     pthread_mutex_unlock(&h->conn_mu);
 }
@@ -342,8 +346,8 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
     h->serve = s;
     atomic_init(&h->ready, true);
     /* libmicrohttpd's limit, the hard one: ours plus what a race can add. */
-    const unsigned hard_max = (unsigned)cfg->connections_max + (unsigned)cfg->threads;
-    h->by_ip = calloc(hard_max, sizeof(*h->by_ip));
+    h->ips_cap = cfg->connections_max + cfg->threads;
+    h->by_ip = calloc((size_t)h->ips_cap, sizeof(*h->by_ip));
     if (!h->by_ip) {
         free(h);
         return TAME_E_NOMEM;
@@ -378,7 +382,7 @@ int http_start(const struct http_config *cfg, struct serve *s, struct http_serve
     h->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, accept_policy, h,
         on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT, hard_max,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)h->ips_cap,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         cfg->connection_memory_bytes, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, h, MHD_OPTION_END);
