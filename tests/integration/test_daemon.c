@@ -820,14 +820,21 @@ START_TEST(a_write_to_a_full_queue_waits_for_room_then_gets_429)
     /* A queue of two batches, and every learner round stalls before it
      * trains (test hook): 64 samples fill the queue until the round ends.
      * With --queue-wait-ms longer than the stall, the next write waits and
-     * is acknowledged; shorter, it is refused with 429 and changes nothing. */
+     * is acknowledged; shorter, it waits, then is refused with 429 and
+     * changes nothing; 0, it is refused at once, without waiting. */
     struct tame_rng r;
     tame_rng_seed(&r, 41);
     char *fill = samples_body(&r, 0, 64, false), *more = samples_body(&r, 0, 32, false);
-    for (int refuse = 0; refuse < 2; refuse++) {
-        const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", refuse ? "100" : "10000", NULL};
+    static const struct {
+        const char *wait_ms, *stall_ms;
+        bool refuse;
+        double waits;
+    } cases[] = {{"10000", "2000", false, 1}, {"100", "3000", true, 1}, {"0", "3000", true, 0}};
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        const bool refuse = cases[k].refuse;
+        const char *flags[] = {"--queue-samples", "64", "--queue-wait-ms", cases[k].wait_ms, NULL};
         struct daemon d;
-        start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", refuse ? "3000" : "2000");
+        start_with(&d, flags, "TAMED_TEST_STEP_PAUSE_MS", cases[k].stall_ms);
         json_decref(call_json(d.port, "POST", "/v1/models/m/samples", fill, 200));
         double waits, full;
         queue_counters(d.port, &waits, &full);
@@ -835,7 +842,7 @@ START_TEST(a_write_to_a_full_queue_waits_for_room_then_gets_429)
         struct reply rp = request(d.port, "POST", "/v1/models/m/samples", "application/json", more, strlen(more),
                                   NULL);
         queue_counters(d.port, &waits, &full);
-        ck_assert_double_eq(waits, 1);
+        ck_assert_double_eq(waits, cases[k].waits);
         json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
         if (refuse) {
             ck_assert_int_eq(rp.status, 429);

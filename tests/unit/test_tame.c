@@ -375,9 +375,14 @@ START_TEST(snapshots_share_unchanged_networks_and_never_stale_ones)
     feed(l, &r, 2, 1, NULL); /* task 2 is the active expert's */
     tame_learner_info(l, &info);
     ck_assert_int_eq(tame_learner_snapshot(l, &s3), 0);
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < 3; k++) {
         if (k == info.active) ck_assert_ptr_ne(l->experts[k]->frozen, fr[k]);
         else ck_assert_ptr_eq(l->experts[k]->frozen, fr[k]);
+        /* The size reported is the frozen copy's count, which is current. */
+        struct tame_expert_info ei;
+        ck_assert_int_eq(tame_learner_expert_info(l, k, &ei), 0);
+        ck_assert_uint_eq(ei.nonzero_params, nn_mlp_nonzero(l->experts[k]->net));
+    }
     ck_assert_ptr_eq(l->frozen_selector, fsel);
 
     copy = reloaded(l);
