@@ -26,10 +26,10 @@ struct settings {
     char token_file[1024];
     char log_level[16];
     char durability[16];
-    long body_max_bytes, connections_max, per_ip_max, connection_memory_kib, idle_timeout_s, http_threads, lane_threads, lane_nice, workers,
-        step_threads, queue_samples, queue_wait_ms, models_max, input_dim_max, classes_max, hidden_max, hidden_layers_max,
-        experts_max, batch_max, checkpoint_batches, checkpoint_seconds, ids_keep, db_max_mb, train_nice,
-        selector_nice;
+    long body_max_bytes, connections_max, per_ip_max, connection_memory_kib, idle_timeout_s, http_threads,
+        lane_threads, lane_nice, workers, step_threads, queue_samples, queue_wait_ms, models_max, input_dim_max,
+        classes_max, hidden_max, hidden_layers_max, experts_max, batch_max, checkpoint_batches, checkpoint_seconds,
+        ids_keep, db_max_mb, train_nice, selector_nice;
 };
 
 enum stype { S_STR, S_LONG };
