@@ -692,6 +692,13 @@ void tame_learner_info(const struct tame_learner *l, struct tame_info *info)
                           l->batches - l->selector_batch >= (uint64_t)l->p.selector_every);
 }
 
+/* Counted once per version: by the frozen copy, if it is of the weights now. */
+static size_t expert_nonzero(const struct tame_expert *e)
+{
+    const struct tame_frozen *f = e->frozen;
+    return f && f->net->version == e->net->version ? f->nonzero : nn_mlp_nonzero(e->net);
+}
+
 int tame_learner_expert_info(const struct tame_learner *l, int expert,
                              struct tame_expert_info *info)
 {
@@ -701,8 +708,7 @@ int tame_learner_expert_info(const struct tame_learner *l, int expert,
         .id = e->id,
         .batches_trained = e->batches_trained,
         .labels = e->labels,
-        .nonzero_params = e->frozen && e->frozen->net->version == e->net->version ? e->frozen->nonzero
-                                                                                   : nn_mlp_nonzero(e->net),
+        .nonzero_params = expert_nonzero(e),
         .loss = e->loss,
         .threshold = e->tau,
         .s_all = e->s_all,
