@@ -39,11 +39,9 @@ struct tame_snapshot {
     int input_dim, classes;
     int n_experts;
     int active;                               /* route target without a selector */
-    struct nn_mlp *experts[TAME_MAX_EXPERTS]; /* frozen[k]->net */
-    struct tame_frozen *frozen[TAME_MAX_EXPERTS];
+    struct tame_frozen *frozen[TAME_MAX_EXPERTS]; /* the experts */
     uint8_t *labels;                          /* [n_experts x classes] */
-    struct nn_mlp *selector;                  /* frozen_selector->net or NULL */
-    struct tame_frozen *frozen_selector;
+    struct tame_frozen *frozen_selector;      /* or NULL */
     int selector_experts;
 };
 
@@ -67,7 +65,6 @@ int tame_learner_snapshot(struct tame_learner *l, struct tame_snapshot **ret)
     if (!s->labels) goto fail;
     for (int k = 0; k < l->n_experts; k++) {
         if (tame_frozen_get(l->experts[k]->net, &l->experts[k]->frozen, &s->frozen[k]) < 0) goto fail;
-        s->experts[k] = s->frozen[k]->net;
         s->n_experts = k + 1;
         uint8_t *lab = s->labels + (size_t)k * s->classes;
         memcpy(lab, l->experts[k]->labels, (size_t)s->classes);
@@ -83,7 +80,6 @@ int tame_learner_snapshot(struct tame_learner *l, struct tame_snapshot **ret)
     }
     if (l->selector) {
         if (tame_frozen_get(l->selector, &l->frozen_selector, &s->frozen_selector) < 0) goto fail;
-        s->selector = s->frozen_selector->net;
         s->selector_experts = l->selector_experts;
     }
     *ret = s;
@@ -101,7 +97,7 @@ void tame_snapshot_nonzero(const struct tame_snapshot *s, size_t *ret_experts, s
     size_t e = 0;
     for (int k = 0; k < s->n_experts; k++) e += s->frozen[k]->nonzero;
     *ret_experts = e;
-    *ret_selector = s->selector ? s->frozen_selector->nonzero : 0;
+    *ret_selector = s->frozen_selector ? s->frozen_selector->nonzero : 0;
 }
 
 struct tame_predict_work {
@@ -137,7 +133,7 @@ int tame_predict_work_new(const struct tame_snapshot *s, int max_rows, struct ta
     w->rows = tame_malloc((size_t)max_rows * sizeof(int));
     w->gathered = tame_malloc((size_t)max_rows * s->input_dim * sizeof(float));
     if (!w->route || !w->rows || !w->gathered ||
-        nn_work_new(s->experts[0], max_rows, &w->expert_work) < 0) {
+        nn_work_new(s->frozen[0]->net, max_rows, &w->expert_work) < 0) {
         tame_predict_work_free(w);
         return TAME_E_NOMEM;
     }
@@ -148,7 +144,7 @@ int tame_predict_work_new(const struct tame_snapshot *s, int max_rows, struct ta
 bool tame_predict_work_fits(const struct tame_predict_work *w, const struct tame_snapshot *s, int rows)
 {
     if (!w || rows > w->max_rows || s->n_experts < 1) return false;
-    const struct nn_mlp *e = s->experts[0];
+    const struct nn_mlp *e = s->frozen[0]->net;
     const struct nn_work *ew = w->expert_work;
     if (ew->n_layers != e->n_layers || nn_mlp_inputs(e) != s->input_dim) return false;
     for (int l = 0; l < e->n_layers; l++)
@@ -194,10 +190,11 @@ static int predict_chunk(const struct tame_snapshot *s, struct tame_predict_work
     const int d = s->input_dim;
     if (expert >= 0) {
         for (int i = 0; i < n; i++) w->route[i] = expert, out[i].confidence = 1.0f;
-    } else if (s->selector && s->n_experts >= 2) {
-        int rc = selector_work_for(w, s->selector);
+    } else if (s->frozen_selector && s->n_experts >= 2) {
+        const struct nn_mlp *sel = s->frozen_selector->net;
+        int rc = selector_work_for(w, sel);
         if (rc < 0) return rc;
-        nn_mlp_forward(s->selector, w->selector_work, x, n);
+        nn_mlp_forward(sel, w->selector_work, x, n);
         nn_head_probs(w->selector_work, n);
         int c = w->selector_outputs;
         for (int i = 0; i < n; i++) {
@@ -224,7 +221,7 @@ static int predict_chunk(const struct tame_snapshot *s, struct tame_predict_work
                 memcpy(w->gathered + (size_t)r * d, x + (size_t)w->rows[r] * d, (size_t)d * sizeof(float));
             in = w->gathered;
         }
-        nn_mlp_forward(s->experts[e], w->expert_work, in, m);
+        nn_mlp_forward(s->frozen[e]->net, w->expert_work, in, m);
         nn_head_probs(w->expert_work, m);
         for (int r = 0; r < m; r++) {
             int i = w->rows[r];
