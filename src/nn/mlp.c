@@ -102,8 +102,19 @@ int nn_mlp_clone(const struct nn_mlp *src, struct nn_mlp **ret_mlp)
     return 0;
 }
 
+/* Compressed rows or the GEMM, for n rows through a layer of `dense`
+ * weights of which nz are non-zero?  Compressed rows cost about a cycle per
+ * non-zero weight and row (three loads); the GEMM streams the whole matrix
+ * from L2 once (~8 weights a cycle) and, given rows enough to reuse it, does
+ * ~32 products a cycle.  So one row gains below 1/8 of the weights, many
+ * rows below 1/32: a pruned expert keeps 2 %.  (Costs in 1/32 cycle.) */
+static bool sparse_gains(size_t nz, size_t dense, int n)
+{
+    return (size_t)n * nz * 32 <= dense * (size_t)(n < 4 ? 4 : n);
+}
+
 /* Compressed rows of layer l if few enough of its weights are non-zero for
- * a one-row forward pass to gain (see use_sparse), else NULL (not an error:
+ * a one-row forward pass to gain, else NULL (not an error:
  * *ret is set either way).  One block: header, start, col, val. */
 static int sparse_rows_new(const struct nn_mlp *m, int l, struct nn_sparse_rows **ret)
 {
@@ -113,7 +124,7 @@ static int sparse_rows_new(const struct nn_mlp *m, int l, struct nn_sparse_rows 
     size_t nz = 0;
     for (size_t i = 0; i < dense; i++) nz += w[i] != 0.0f;
     *ret = NULL;
-    if (nz * 8 > dense) return 0;
+    if (!sparse_gains(nz, dense, 1)) return 0;
     struct nn_sparse_rows *s = tame_malloc(sizeof(*s) + ((size_t)L->out + 1 + nz) * sizeof(uint32_t) +
                                            nz * sizeof(float));
     if (!s) return TAME_E_NOMEM;
@@ -211,19 +222,6 @@ void nn_work_free(struct nn_work *work)
     tame_free(work);
 }
 
-/* Compressed rows or the GEMM for n rows of layer L?  Compressed rows cost
- * about a cycle per non-zero weight and row (three loads); the GEMM streams
- * the whole matrix from L2 once (~8 weights a cycle) and, given rows enough
- * to reuse it, does ~32 products a cycle.  So one row gains below 1/8 of
- * the weights, many rows below 1/32: a pruned expert keeps 2 %. */
-static bool use_sparse(const struct nn_sparse_rows *s, const struct nn_layer *L, int n)
-{
-    const size_t dense = (size_t)L->in * L->out;
-    size_t gemm = dense * (size_t)n / 32;
-    if (gemm < dense / 8) gemm = dense / 8;
-    return (size_t)n * s->start[L->out] <= gemm;
-}
-
 /* out[i][j - from] += row j of the weights . in[i], over the compressed rows. */
 static void sparse_forward(const struct nn_sparse_rows *s, const struct nn_layer *L, const float *in, int n,
                            int from, int to, float *out)
@@ -251,8 +249,9 @@ static void layer_forward(const struct nn_mlp *mlp, struct nn_work *work, int l,
     int cols = to - from;
     /* Start from the bias so the GEMM adds onto it (beta = 1). */
     for (int i = 0; i < n; i++) memcpy(out + (size_t)i * L->out, b, (size_t)cols * sizeof(float));
-    if (mlp->sparse[l] && use_sparse(mlp->sparse[l], L, n))
-        sparse_forward(mlp->sparse[l], L, in, n, from, to, out);
+    const struct nn_sparse_rows *sp = mlp->sparse[l];
+    if (sp && sparse_gains(sp->start[L->out], (size_t)L->in * L->out, n))
+        sparse_forward(sp, L, in, n, from, to, out);
     else
         nn_gemm(false, true, n, cols, L->in, 1.0f, in, L->in, mlp->param + L->w_off + (size_t)from * L->in,
                 L->in, 1.0f, out, L->out);
