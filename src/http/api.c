@@ -440,6 +440,24 @@ static int extract_numbers(struct http_server *h, struct http_req *c, char *body
     return 0;
 }
 
+/* jansson's error on a rewritten body counts lines and columns of the
+ * rewritten text; the client needs them in the body it sent.  Parsed again
+ * laid out as sent (rare: malformed bodies only), the error is the one
+ * jansson gives for the body as sent. */
+static void error_as_sent(const char *body, size_t len, const struct num_pool *pool, json_error_t *err)
+{
+    bool any = false;
+    for (const struct num_pool *p = pool; p && !any; p = p->next) any = p->n_arr > 0;
+    size_t n;
+    char *text = any ? numarray_layout(body, len, pool, &n) : NULL;
+    if (!text) return; /* nothing was rewritten, or out of memory: the error as it is */
+    json_error_t again;
+    json_t *doc = json_loadb(text, n, JSON_REJECT_DUPLICATES, &again);
+    if (!doc) *err = again;
+    json_decref(doc);
+    free(text);
+}
+
 static json_t *parse_body_json(struct http_server *h, struct http_req *c, char *body, size_t len,
                                struct num_pool *pool,
                                int *ret)
@@ -458,7 +476,10 @@ static json_t *parse_body_json(struct http_server *h, struct http_req *c, char *
     }
     json_error_t err;
     json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
-    if (!doc) *ret = http_send_error(c, 400, "MALFORMED_JSON", "line %d column %d: %s", err.line, err.column, err.text);
+    if (!doc) {
+        if (pool) error_as_sent(body, len, pool, &err);
+        *ret = http_send_error(c, 400, "MALFORMED_JSON", "line %d column %d: %s", err.line, err.column, err.text);
+    }
     return doc;
 }
 

@@ -104,9 +104,7 @@ void num_pool_done(struct num_pool *p)
         free(p->next);
     }
     free(p->v);
-    free(p->first);
-    free(p->count);
-    free(p->all_int);
+    free(p->arr);
     memset(p, 0, sizeof(*p));
 }
 
@@ -294,7 +292,7 @@ static inline const char *parse_number_fast(const char *s, double *out, bool *is
     double d;
     if (!decimal_to_double(mant, -frac, &d)) return NULL;
     *is_int = frac == 0;
-    *out = neg ? -d : d;
+    *out = neg && (mant || frac) ? -d : d; /* "-0" is jansson's integer 0 */
     return p;
 }
 
@@ -363,10 +361,13 @@ static const char *parse_number(const char *s, const char *end, double *out, boo
         } while (is_digit(*p));
         exp10 *= esign;
     }
+    /* jansson reads an integer as a 64-bit one and refuses what does not
+     * fit; "-0" is its integer 0. */
+    if (*is_int && (inexact || mant > (neg ? (uint64_t)1 << 63 : (uint64_t)INT64_MAX))) return NULL;
     int e = exp10 - frac_digits;
     double exact;
     if (!inexact && decimal_to_double(mant, e, &exact)) {
-        *out = neg ? -exact : exact;
+        *out = neg && (mant || !*is_int) ? -exact : exact;
         return p;
     }
     char buf[512];
@@ -380,26 +381,16 @@ static const char *parse_number(const char *s, const char *end, double *out, boo
     return p;
 }
 
-static int pool_push_array(struct num_pool *pool, size_t first, size_t count, bool all_int)
+static struct num_array *pool_push_array(struct num_pool *pool)
 {
     if (pool->n_arr == pool->cap_arr) {
         size_t cap = pool->cap_arr ? 2 * pool->cap_arr : 256;
-        size_t *f = realloc(pool->first, cap * sizeof(*f));
-        if (!f) return -1;
-        pool->first = f;
-        size_t *c = realloc(pool->count, cap * sizeof(*c));
-        if (!c) return -1;
-        pool->count = c;
-        bool *ai = realloc(pool->all_int, cap * sizeof(*ai));
-        if (!ai) return -1;
-        pool->all_int = ai;
+        struct num_array *a = realloc(pool->arr, cap * sizeof(*a));
+        if (!a) return NULL;
+        pool->arr = a;
         pool->cap_arr = cap;
     }
-    pool->first[pool->n_arr] = first;
-    pool->count[pool->n_arr] = count;
-    pool->all_int[pool->n_arr] = all_int;
-    pool->n_arr++;
-    return 0;
+    return &pool->arr[pool->n_arr++];
 }
 
 static inline bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
@@ -411,6 +402,10 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
      * the skeleton. */
     char *const end = body + *len;
     char *p = body, *w = body;
+    /* A body that is itself an array is left whole: a string in its place
+     * would be a different error (jansson takes only an object or array). */
+    const char *top = body;
+    while (top < end && is_ws(*top)) top++;
     while (p < end) {
         char c = *p;
         if (c == '"') { /* copy a string, escapes included */
@@ -422,15 +417,15 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
             w += p - s0;
             continue;
         }
-        if (c != '[') {
+        if (c != '[' || p == top) {
             *w++ = *p++;
             continue;
         }
         /* Try to read [number (, number)*] */
         char *open = p, *q = p + 1;
         size_t first = pool->n;
-        bool ok = false, all_int = true;
-        while (q < end && is_ws(*q)) q++;
+        bool ok = false, all_int = true, spaced = false;
+        while (q < end && is_ws(*q)) q++, spaced = true;
         while (q < end) {
             if (pool->n == pool->cap) {
                 size_t cap = pool->cap ? 2 * pool->cap : 4096;
@@ -447,10 +442,10 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
             all_int &= is_int;
             pool->n++;
             q = (char *)after;
-            while (q < end && is_ws(*q)) q++;
+            while (q < end && is_ws(*q)) q++, spaced = true;
             if (q < end && *q == ',') {
                 q++;
-                while (q < end && is_ws(*q)) q++;
+                while (q < end && is_ws(*q)) q++, spaced = true;
                 continue;
             }
             if (q < end && *q == ']') ok = true;
@@ -462,15 +457,25 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
             *w++ = *p++;
             continue;
         }
-        if (pool_push_array(pool, first, pool->n - first, all_int) < 0) return -1;
+        struct num_array *a = pool_push_array(pool);
+        if (!a) return -1;
+        *a = (struct num_array){.first = first, .count = pool->n - first, .at = (size_t)(w - body), .span = span,
+                                .all_int = all_int};
+        /* Its line breaks, for numarray_layout (compact JSON has none). */
+        for (const char *nl = open; spaced && (nl = memchr(nl, '\n', (size_t)(q - nl))); nl++) {
+            a->lines++;
+            a->tail = (size_t)(q - nl);
+        }
         /* "\u0001" nonce index, in quotes: at most 7 + 16 + 20 + 1 bytes,
          * shorter than the array it replaces (MIN_SPAN); written over text
          * already read. */
+        char *w0 = w;
         memcpy(w, "\"\\u0001", 7);
         memcpy(w + 7, pool->nonce, 16);
         w += 23;
         w += tame_fmt_int(w, (long long)(pool->n_arr - 1));
         *w++ = '"';
+        a->len = (size_t)(w - w0);
         p = q + 1;
     }
     *len = (size_t)(w - body);
@@ -502,6 +507,7 @@ void numarray_join(char *body, size_t *len, size_t len1, size_t cut, size_t len2
     struct num_pool *tail = pool;
     while (tail->next) tail = tail->next;
     tail->next = second;
+    second->base = len1;
 }
 
 bool numarray_lookup(const struct num_pool *pool, const char *s, const double **ret, size_t *ret_n,
@@ -513,8 +519,39 @@ bool numarray_lookup(const struct num_pool *pool, const char *s, const double **
     char *endp;
     unsigned long long k = strtoull(s + 17, &endp, 10);
     if (*endp || s[17] == 0 || k >= pool->n_arr) return false;
-    *ret = pool->v + pool->first[k];
-    *ret_n = pool->count[k];
-    *ret_all_int = pool->all_int[k];
+    const struct num_array *a = &pool->arr[k];
+    *ret = pool->v + a->first;
+    *ret_n = a->count;
+    *ret_all_int = a->all_int;
     return true;
+}
+
+char *numarray_layout(const char *body, size_t len, const struct num_pool *pool, size_t *ret_len)
+{
+    size_t n = len;
+    for (const struct num_pool *p = pool; p; p = p->next)
+        for (size_t k = 0; k < p->n_arr; k++) n += p->arr[k].span - p->arr[k].len;
+    char *out = malloc(n + 1), *w = out;
+    if (!out) return NULL;
+    size_t from = 0; /* next byte of body to copy */
+    for (const struct num_pool *p = pool; p; p = p->next)
+        for (size_t k = 0; k < p->n_arr; k++) {
+            const struct num_array *a = &p->arr[k];
+            size_t at = p->base + a->at;
+            memcpy(w, body + from, at - from);
+            w += at - from;
+            /* "[", spaces, the newlines ending where the last one was, spaces, "]" */
+            size_t last_nl = a->span - 1 - a->tail; /* offset in the span, when lines > 0 */
+            memset(w, ' ', a->span);
+            w[0] = '[';
+            if (a->lines) memset(w + last_nl + 1 - a->lines, '\n', a->lines);
+            w[a->span - 1] = ']';
+            w += a->span;
+            from = at + a->len;
+        }
+    memcpy(w, body + from, len - from);
+    w += len - from;
+    *w = 0;
+    *ret_len = n;
+    return out;
 }

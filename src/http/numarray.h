@@ -3,26 +3,38 @@
  * jansson spends ~25 ms on a 128 x 784 samples body (a json_t and a strtod
  * per number).  Before jansson sees a body, numarray_extract finds every
  * array that holds only JSON numbers (outside strings, with the strict
- * JSON number grammar), parses the numbers into a pool, and overwrites the
- * array's text in place with a placeholder string of the same length that
- * carries a random per-request nonce.  jansson then parses a small
- * skeleton and checks everything else (structure, duplicates, depth,
- * trailing bytes); the handlers take a placeholder wherever they take a
- * numeric array.  Anything unusual (an invalid or overflowing number, a
- * short array) is left in place for jansson, whose errors stand. */
+ * JSON number grammar), parses the numbers into a pool, and replaces the
+ * array's text in place with a shorter placeholder string that carries a
+ * random per-request nonce.  jansson then parses a small skeleton and
+ * checks everything else (structure, duplicates, depth, trailing bytes);
+ * the handlers take a placeholder wherever they take a numeric array.
+ * Anything unusual (an invalid or overflowing number, an integer jansson
+ * would refuse, a short array) is left in place for jansson, whose errors
+ * stand.  When jansson refuses a rewritten body, numarray_layout gives
+ * back a text laid out as the client sent it, for an error whose line,
+ * column and byte point into the body as sent. */
 #ifndef TAME_HTTP_NUMARRAY_H
 #define TAME_HTTP_NUMARRAY_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
+/* One extracted array. */
+struct num_array {
+    size_t first, count; /* its numbers: v[first .. first + count) */
+    size_t at, len;      /* its placeholder: offset in the rewritten part, bytes */
+    size_t span;         /* bytes of the array as sent */
+    size_t lines;        /* newlines in it as sent... */
+    size_t tail;         /* ...and bytes after the last one, up to its end */
+    bool all_int;        /* every number written as an integer */
+};
+
 struct num_pool {
     double *v;           /* all numbers, array after array */
     size_t n, cap;
-    size_t *first;       /* per array: index of its first number in v */
-    size_t *count;       /* per array: how many */
-    bool *all_int;       /* per array: every number written as an integer */
+    struct num_array *arr;
     size_t n_arr, cap_arr;
+    size_t base;         /* where this pool's part starts in the joined body */
     char nonce[17];      /* 16 hex digits */
     struct num_pool *next; /* the pool of a body's second part (numarray_join) */
 };
@@ -45,5 +57,13 @@ void numarray_join(char *body, size_t *len, size_t len1, size_t cut, size_t len2
  * it): its numbers. */
 bool numarray_lookup(const struct num_pool *pool, const char *s, const double **ret, size_t *ret_n,
                      bool *ret_all_int);
+/* The rewritten body[0..len) laid out as it was sent: every placeholder
+ * back to an array of the original size and line breaks, emptied (spaces
+ * and newlines between its brackets).  A parser that stops on an error
+ * after such an array stops at the same line, column and byte as on the
+ * body as sent (the arrays themselves held only valid numbers).  A
+ * malloc'd, NUL-terminated text of *ret_len bytes, or NULL when out of
+ * memory. */
+char *numarray_layout(const char *body, size_t len, const struct num_pool *pool, size_t *ret_len);
 
 #endif

@@ -291,6 +291,26 @@ START_TEST(bad_requests_get_a_json_error_and_change_nothing)
         ck_assert_int_eq(live.status, 200);
         free(live.body);
     }
+    /* A malformed body gets jansson's own error for the body as sent: its
+     * line and column count the numeric arrays the daemon parsed apart
+     * (one of them over two lines) before the error. */
+    {
+        const char *x = "[0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5]";
+        const char *xs = "[0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,\n 0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5]";
+        char body[512];
+        snprintf(body, sizeof(body), "{\"samples\":[{\"x\":%s,\"y\":0},{\"x\":%s,\"y\":0},{\"x\":%s,\"y\":0 x}]}", x, xs, x);
+        json_error_t want;
+        ck_assert_ptr_null(json_loads(body, JSON_REJECT_DUPLICATES, &want));
+        ck_assert_int_eq(want.line, 2); /* not on the first line, not at the first array's end */
+        char msg[256];
+        snprintf(msg, sizeof(msg), "line %d column %d: %s", want.line, want.column, want.text);
+        struct reply rp = request(d.port, "POST", "/v1/models/m/samples", J, body, strlen(body), NULL);
+        ck_assert_int_eq(rp.status, 400);
+        json_t *err = json_loads(rp.body, 0, NULL);
+        ck_assert_str_eq(json_string_value(json_object_get(json_object_get(err, "error"), "message")), msg);
+        json_decref(err);
+        free(rp.body);
+    }
     /* Oversized bodies: by Content-Length and counted as they arrive. */
     size_t big = 70000;
     char *huge = malloc(big + 1);

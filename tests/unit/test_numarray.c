@@ -1,5 +1,5 @@
 /* test_numarray.c: the fast numeric-array path gives exactly what jansson
- * (strtod) gives, leaves everything unusual to jansson, and cannot be
+ * (strtod, for reals) gives, leaves everything unusual to jansson, and cannot be
  * spoofed by a client-written string. */
 #include "check_run.h"
 #include "numarray.h"
@@ -29,30 +29,42 @@ static void gen_f(char *num, size_t cap, int digits, bool exact_digits)
     snprintf(num, cap, "%s%.*f", rand() % 2 ? "-" : "", 1 + rand() % digits, d);
 }
 
+/* What jansson reads for the number text s; false if it refuses it. */
+static bool jansson_number(const char *s, double *v, bool *is_int)
+{
+    json_t *j = json_loads(s, JSON_DECODE_ANY, NULL);
+    if (!j) return false;
+    *v = json_number_value(j);
+    *is_int = json_is_integer(j);
+    json_decref(j);
+    return true;
+}
+
 /* `rounds` arrays of 300 random numbers go through the pool and must
- * equal strtod's doubles bit for bit. */
+ * equal jansson's doubles (strtod's, for reals) bit for bit. */
 static void check_random_arrays(unsigned seed, int rounds, gen_fn *gen, int digits, bool exact_digits)
 {
     srand(seed);
     for (int round = 0; round < rounds; round++) {
-        char b[16384] = "[", num[64];
+        char b[16384] = "{\"x\":[", num[64];
         double want[300];
         for (int i = 0; i < 300; i++) {
             gen(num, sizeof(num), digits, exact_digits);
-            want[i] = strtod(num, NULL);
+            bool is_int;
+            ck_assert(jansson_number(num, &want[i], &is_int));
             strcat(b, i ? "," : "");
             strcat(b, num);
         }
-        strcat(b, "]");
+        strcat(b, "]}");
         size_t l = strlen(b);
         struct num_pool pool;
         num_pool_init(&pool);
         ck_assert_int_eq(numarray_extract(b, &l, &pool), 0);
-        json_t *s = json_loadb(b, l, JSON_DECODE_ANY, NULL);
+        json_t *s = json_loadb(b, l, 0, NULL);
         const double *v;
         size_t cnt;
         bool all_int;
-        ck_assert(numarray_lookup(&pool, json_string_value(s), &v, &cnt, &all_int));
+        ck_assert(numarray_lookup(&pool, json_string_value(json_object_get(s, "x")), &v, &cnt, &all_int));
         ck_assert_uint_eq(cnt, 300);
         for (int i = 0; i < 300; i++)
             ck_assert_msg(!memcmp(&v[i], &want[i], sizeof(double)), "%.17g vs %.17g", v[i], want[i]);
@@ -61,7 +73,7 @@ static void check_random_arrays(unsigned seed, int rounds, gen_fn *gen, int digi
     }
 }
 
-START_TEST(numbers_parse_exactly_as_strtod)
+START_TEST(numbers_parse_exactly_as_jansson)
 {
     /* Many shapes of numbers: integers, fractions, exponents, long mantissas. */
     const char *nums[] = {"0", "-0", "1", "-17", "0.5", "3.14159265358979", "1e-7", "-2.5E+3", "123456789012345678",
@@ -84,7 +96,9 @@ START_TEST(numbers_parse_exactly_as_strtod)
     ck_assert_uint_eq(cnt, (size_t)n);
     ck_assert(!all_int);
     for (int i = 0; i < n; i++) {
-        double want = strtod(nums[i], NULL);
+        double want;
+        bool is_int;
+        ck_assert(jansson_number(nums[i], &want, &is_int));
         ck_assert_msg(memcmp(&v[i], &want, sizeof(double)) == 0, "%s: %.17g vs %.17g", nums[i], v[i], want);
     }
     json_decref(doc);
@@ -102,7 +116,8 @@ START_TEST(the_one_pass_path_agrees_with_the_general_one)
 {
     /* Each number first in a long array (read in one pass: far from the
      * end of the body) and last (read by the general parser): both equal
-     * strtod's double bit for bit.  Around the one-pass limits: 8 integer
+     * jansson's double bit for bit (strtod's, for a real; "-0" is its
+     * integer 0), and what jansson refuses is left to it.  Around the one-pass limits: 8 integer
      * digits, 8 and 16 fraction digits, mantissas near 2^53, signs, zeros. */
     const char *nums[] = {"0", "-0", "0.0", "-0.0", "7", "12345678", "123456789", "99999999.99999999",
                           "0.5", "-0.25", "0.00392156886", "0.003921569", "0.12345678", "0.1234567890123456",
@@ -116,23 +131,31 @@ START_TEST(the_one_pass_path_agrees_with_the_general_one)
                           /* exactly halfway between two doubles: ties go to the even one */
                           "9007199254740993", "9007199254740995", "9007199254740997", "18014398509481986",
                           "18014398509481990", "4503599627370496.5", "4503599627370497.5", "0.9007199254740993",
-                          /* 19 and 20 digits, and exponents just past the table */
-                          "1844674407370955161", "18446744073709551615", "1e-28", "1e28", "123e-30"};
+                          /* 19 and 20 digits, the 64-bit integer limits, and exponents just past the table */
+                          "1844674407370955161", "18446744073709551615", "9223372036854775807",
+                          "9223372036854775808", "-9223372036854775808", "-9223372036854775809", "1e-28", "1e28",
+                          "123e-30"};
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         char b[512];
-        int n = snprintf(b, sizeof(b), "[%s,", nums[i]);
+        int n = snprintf(b, sizeof(b), "{\"x\":[%s,", nums[i]);
         for (int k = 0; k < 40; k++) n += snprintf(b + n, sizeof(b) - (size_t)n, "0,");
-        n += snprintf(b + n, sizeof(b) - (size_t)n, "%s]", nums[i]);
+        n += snprintf(b + n, sizeof(b) - (size_t)n, "%s]}", nums[i]);
         size_t l = (size_t)n;
         struct num_pool pool;
         num_pool_init(&pool);
         ck_assert_int_eq(numarray_extract(b, &l, &pool), 0);
+        double want;
+        bool want_int;
+        if (!jansson_number(nums[i], &want, &want_int)) { /* an integer past 64 bits: jansson's error */
+            ck_assert_msg(pool.n_arr == 0, "%s extracted", nums[i]);
+            num_pool_done(&pool);
+            continue;
+        }
         ck_assert_uint_eq(pool.n_arr, 1);
         ck_assert_uint_eq(pool.n, 42);
-        double want = strtod(nums[i], NULL);
         ck_assert_msg(!memcmp(&pool.v[0], &want, sizeof(want)), "%s first: %.17g", nums[i], pool.v[0]);
         ck_assert_msg(!memcmp(&pool.v[41], &want, sizeof(want)), "%s last: %.17g", nums[i], pool.v[41]);
-        ck_assert(pool.all_int[0] == (strpbrk(nums[i], ".eE") == NULL));
+        ck_assert(pool.arr[0].all_int == want_int);
         num_pool_done(&pool);
     }
 }
@@ -276,17 +299,258 @@ START_TEST(placeholders_cannot_be_spoofed)
 }
 END_TEST
 
+/* ---- Random bodies: extraction never changes what a body means ---- */
+
+struct gen {
+    char *b;
+    size_t n, cap;
+    unsigned seed;
+};
+
+static unsigned pick(struct gen *g, unsigned n) { return (unsigned)rand_r(&g->seed) % n; }
+
+static void put(struct gen *g, const char *s)
+{
+    size_t k = strlen(s);
+    if (g->n + k + 1 > g->cap) {
+        g->cap = 2 * (g->n + k + 1);
+        g->b = realloc(g->b, g->cap);
+        ck_assert_ptr_nonnull(g->b);
+    }
+    memcpy(g->b + g->n, s, k + 1);
+    g->n += k;
+}
+
+/* Mostly no whitespace, as encoders write; sometimes any of JSON's four. */
+static void gen_ws(struct gen *g)
+{
+    static const char *ws[] = {" ", "\n", "\t", "\r\n  ", "\n\n"};
+    if (pick(g, 6) == 0) put(g, ws[pick(g, 5)]);
+}
+
+static void gen_number(struct gen *g)
+{
+    static const char *odd[] = {"01", "1.", ".5", "-", "1e", "+1", "NaN", "Infinity", "1e999", "-1e999", "1e-999",
+                                "-0", "-0.0", "9223372036854775807", "9223372036854775808", "-9223372036854775809",
+                                "123456789012345678901234567890", "4.9e-324", "0x10", "1E+2", "00"};
+    char t[64];
+    unsigned k = pick(g, 60); /* an odd one in 60, or an array of 40 would rarely be valid */
+    if (k == 0) {
+        put(g, odd[pick(g, sizeof(odd) / sizeof(odd[0]))]);
+        return;
+    }
+    switch (k % 4) {
+    case 0: snprintf(t, sizeof(t), "%d", (int)pick(g, 1000) - 500); break;
+    case 1: snprintf(t, sizeof(t), "%.*f", 1 + (int)pick(g, 18), pick(g, 1000) / 999.0); break;
+    case 2: snprintf(t, sizeof(t), "%.*g", 1 + (int)pick(g, 17), (pick(g, 2000) - 1000.0) * pow(10, (int)pick(g, 40) - 20)); break;
+    default: snprintf(t, sizeof(t), "%.9g", pick(g, 256) / 255.0f); break; /* pixels */
+    }
+    put(g, t);
+}
+
+static void gen_string(struct gen *g)
+{
+    static const char *parts[] = {"a", "[1,2]", "],", "\\\"", "\\\\", "\\u0001", "\\n", "\xc3\xa9", "0", " ", "{"};
+    put(g, "\"");
+    for (int k = (int)pick(g, 5); k > 0; k--) put(g, parts[pick(g, sizeof(parts) / sizeof(parts[0]))]);
+    put(g, "\"");
+}
+
+static void gen_value(struct gen *g, int depth)
+{
+    static const char *keys[] = {"\"x\"", "\"y\"", "\"samples\"", "\"id\"", "\"x\""}; /* "x" twice: duplicates */
+    unsigned kind = depth >= 4 ? 6 + pick(g, 4) : pick(g, 10);
+    if (kind <= 3) { /* a numeric array, often long enough to be extracted */
+        put(g, "[");
+        gen_ws(g);
+        for (int i = 0, n = 1 + (int)pick(g, 40); i < n; i++) {
+            if (i) put(g, ","), gen_ws(g);
+            gen_number(g);
+            gen_ws(g);
+        }
+        put(g, "]");
+    } else if (kind == 4) { /* an array of anything */
+        put(g, "[");
+        for (int i = 0, n = (int)pick(g, 4); i < n; i++) {
+            if (i) put(g, ",");
+            gen_value(g, depth + 1);
+        }
+        put(g, "]");
+    } else if (kind == 5) {
+        put(g, "{");
+        for (int i = 0, n = (int)pick(g, 4); i < n; i++) {
+            if (i) put(g, ",");
+            gen_ws(g);
+            put(g, keys[pick(g, sizeof(keys) / sizeof(keys[0]))]);
+            put(g, ":");
+            gen_value(g, depth + 1);
+        }
+        put(g, "}");
+    } else if (kind == 6) {
+        gen_string(g);
+    } else if (kind == 7) {
+        gen_number(g);
+    } else {
+        static const char *lit[] = {"true", "false", "null"};
+        put(g, lit[pick(g, 3)]);
+    }
+}
+
+/* A few bytes replaced, inserted or deleted, from JSON's own alphabet. */
+static void mutate(struct gen *g)
+{
+    static const char alphabet[] = "[]{},:\"\\ \n-+.eE0123456789aN\x01";
+    for (int k = 1 + (int)pick(g, 3); k > 0 && g->n > 0; k--) {
+        size_t at = pick(g, (unsigned)g->n);
+        char c = alphabet[pick(g, sizeof(alphabet) - 1)];
+        switch (pick(g, 3)) {
+        case 0: g->b[at] = c; break;
+        case 1:
+            put(g, " "); /* room */
+            memmove(g->b + at + 1, g->b + at, g->n - 1 - at);
+            g->b[at] = c;
+            break;
+        default:
+            memmove(g->b + at, g->b + at + 1, g->n - at);
+            g->n--;
+            break;
+        }
+    }
+}
+
+/* want (the body as jansson reads it) and got (the rewritten body as
+ * jansson reads it, placeholders resolved through the pool) mean the same:
+ * numbers bit for bit, integers where they were integers. */
+static bool same_meaning(json_t *want, json_t *got, const struct num_pool *pool)
+{
+    const double *v;
+    size_t n;
+    bool all_int;
+    if (json_is_string(got) && numarray_lookup(pool, json_string_value(got), &v, &n, &all_int)) {
+        if (!json_is_array(want) || json_array_size(want) != n) return false;
+        bool ints = true;
+        for (size_t i = 0; i < n; i++) {
+            json_t *e = json_array_get(want, i);
+            double d = json_number_value(e);
+            if (!json_is_number(e) || memcmp(&d, &v[i], sizeof(d)) != 0) return false;
+            ints &= json_is_integer(e);
+        }
+        return ints == all_int;
+    }
+    if (json_typeof(want) != json_typeof(got)) return false;
+    if (json_is_array(want)) {
+        if (json_array_size(want) != json_array_size(got)) return false;
+        for (size_t i = 0; i < json_array_size(want); i++)
+            if (!same_meaning(json_array_get(want, i), json_array_get(got, i), pool)) return false;
+        return true;
+    }
+    if (json_is_object(want)) {
+        if (json_object_size(want) != json_object_size(got)) return false;
+        const char *key;
+        json_t *w;
+        json_object_foreach(want, key, w) {
+            json_t *o = json_object_get(got, key);
+            if (!o || !same_meaning(w, o, pool)) return false;
+        }
+        return true;
+    }
+    return json_equal(want, got);
+}
+
+/* The body text[0..n) rewritten whole (split false) or in the two parts
+ * numarray_cut picks: accepted and refused alike, and a refusal laid out
+ * as sent gives jansson's very error. */
+static void check_same_meaning(const char *text, size_t n, bool split)
+{
+    json_error_t e_want, e_got;
+    json_t *want = json_loadb(text, n, JSON_REJECT_DUPLICATES, &e_want);
+    char *b = malloc(n + 1);
+    memcpy(b, text, n);
+    b[n] = 0;
+    struct num_pool pool;
+    num_pool_init(&pool);
+    size_t cut = split ? numarray_cut(b, n) : 0, len = n;
+    if (cut) {
+        struct num_pool *second = malloc(sizeof(*second));
+        num_pool_init(second);
+        size_t l1 = cut, l2 = n - cut;
+        ck_assert_int_eq(numarray_extract(b, &l1, &pool), 0);
+        ck_assert_int_eq(numarray_extract(b + cut, &l2, second), 0);
+        numarray_join(b, &len, l1, cut, l2, &pool, second);
+    } else {
+        ck_assert_int_eq(numarray_extract(b, &len, &pool), 0);
+    }
+    json_t *got = json_loadb(b, len, JSON_REJECT_DUPLICATES, &e_got);
+    if (want) {
+        ck_assert_msg(got, "refused after rewriting (%s): %.*s", e_got.text, (int)n, text);
+        ck_assert_msg(same_meaning(want, got, &pool), "changed by rewriting: %.*s", (int)n, text);
+    } else {
+        ck_assert_msg(!got, "accepted after rewriting (jansson: %s): %.*s", e_want.text, (int)n, text);
+        size_t ln;
+        char *laid = numarray_layout(b, len, &pool, &ln);
+        ck_assert_uint_eq(ln, n);
+        json_t *again = json_loadb(laid, ln, JSON_REJECT_DUPLICATES, &e_got);
+        ck_assert_ptr_null(again);
+        ck_assert_msg(e_got.line == e_want.line && e_got.column == e_want.column &&
+                          e_got.position == e_want.position && !strcmp(e_got.text, e_want.text),
+                      "error moved: %d:%d@%d %s vs %d:%d@%d %s in %.*s", e_got.line, e_got.column, e_got.position,
+                      e_got.text, e_want.line, e_want.column, e_want.position, e_want.text, (int)n, text);
+        free(laid);
+    }
+    json_decref(want);
+    json_decref(got);
+    num_pool_done(&pool);
+    free(b);
+}
+
+START_TEST(rewriting_never_changes_what_a_body_means)
+{
+    /* Random bodies, half of them damaged a little: strings holding "],"
+     * and escapes, numbers of every form jansson takes or refuses,
+     * whitespace and line breaks inside arrays, duplicate keys.  Each is
+     * checked rewritten whole and in two parts. */
+    struct gen g = {.seed = 20261126};
+    int refused = 0, extracted = 0;
+    for (int i = 0; i < 6000; i++) {
+        g.n = 0;
+        put(&g, pick(&g, 8) ? "{\"samples\":" : "");
+        gen_value(&g, 0);
+        if (g.b[0] == '{') put(&g, "}");
+        if (pick(&g, 2)) mutate(&g);
+        json_t *j = json_loadb(g.b, g.n, JSON_REJECT_DUPLICATES, NULL);
+        refused += !j;
+        json_decref(j);
+        struct num_pool pool;
+        num_pool_init(&pool);
+        char *c = strndup(g.b, g.n);
+        size_t l = g.n;
+        ck_assert_int_eq(numarray_extract(c, &l, &pool), 0);
+        extracted += pool.n_arr > 0;
+        num_pool_done(&pool);
+        free(c);
+        check_same_meaning(g.b, g.n, false);
+        check_same_meaning(g.b, g.n, true);
+    }
+    /* The generator reaches both sides of every check. */
+    ck_assert_int_gt(refused, 1000);
+    ck_assert_int_gt(6000 - refused, 1000);
+    ck_assert_int_gt(extracted, 1000);
+    free(g.b);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("numarray");
     TCase *tc = tcase_create("numarray");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, numbers_parse_exactly_as_strtod);
+    tcase_add_test(tc, numbers_parse_exactly_as_jansson);
     tcase_add_test(tc, the_one_pass_path_agrees_with_the_general_one);
     tcase_add_test(tc, positional_decimals_of_every_length_parse_as_strtod);
     tcase_add_test(tc, a_body_cut_in_two_parses_as_the_whole);
     tcase_add_test(tc, unusual_arrays_are_left_to_jansson);
     tcase_add_test(tc, placeholders_cannot_be_spoofed);
+    tcase_add_test(tc, rewriting_never_changes_what_a_body_means);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
