@@ -46,14 +46,21 @@ int nn_mlp_load(struct tame_rbuf *r, struct nn_mlp **ret_mlp)
     if (r->err || has_mask > 1 || head > NN_HEAD_SOFTMAX || !(head_scale > 0 && head_scale <= 100))
         return TAME_E_CORRUPT;
 
+    /* The blob must hold what its shapes announce before anything is
+     * allocated for them: damaged widths must not ask for gigabytes (found
+     * by fuzz-state). */
+    size_t n_params = 0;
+    for (uint32_t i = 0; i < n_layers; i++) n_params += (size_t)dims[i] * (size_t)dims[i + 1] + (size_t)dims[i + 1];
+    if (tame_rbuf_left(r) < n_params * (has_mask ? 9 : 8) + 4) {
+        r->err = TAME_E_CORRUPT;
+        return TAME_E_CORRUPT;
+    }
     struct nn_mlp *m;
     int rc = nn_mlp_alloc(dims, (int)n_layers + 1, &m);
     if (rc < 0) return rc == TAME_E_INVAL ? TAME_E_CORRUPT : rc;
     m->head = (enum nn_head)head;
     m->head_scale = head_scale;
-    /* The blob must hold at least what its shapes announce before we trust
-     * them further. */
-    if (tame_rbuf_left(r) < m->n_params * (has_mask ? 9 : 8) + 4) goto corrupt;
+    TAME_ASSERT(m->n_params == n_params);
     tame_rbuf_f32s(r, m->param, m->n_params);
     tame_rbuf_f32s(r, m->vel, m->n_params);
     if (has_mask) {

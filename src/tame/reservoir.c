@@ -247,12 +247,13 @@ void tame_reservoir_save(const struct tame_reservoir *r, struct tame_wbuf *w)
     }
 }
 
-int tame_reservoir_load(struct tame_rbuf *rb, struct tame_reservoir **ret)
+int tame_reservoir_load(struct tame_rbuf *rb, int capacity, int dim, struct tame_reservoir **ret)
 {
+    /* The shape is the model's, checked before anything is allocated: a
+     * damaged blob must not ask for gigabytes (found by fuzz-state). */
     if (tame_rbuf_u32(rb) != RES_MAGIC) return TAME_E_CORRUPT;
-    int capacity = tame_rbuf_i32(rb), dim = tame_rbuf_i32(rb);
-    if (rb->err || capacity < 1 || dim < 1 || capacity > (1 << 24) || dim > (1 << 20))
-        return TAME_E_CORRUPT;
+    int stored_capacity = tame_rbuf_i32(rb), stored_dim = tame_rbuf_i32(rb);
+    if (rb->err || stored_capacity != capacity || stored_dim != dim) return TAME_E_CORRUPT;
     struct tame_reservoir *r;
     int rc = tame_reservoir_new(capacity, dim, &r);
     if (rc < 0) return rc;

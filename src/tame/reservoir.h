@@ -55,6 +55,7 @@ int tame_reservoir_quota(const struct tame_reservoir *r);
  * be NULL). */
 void tame_reservoir_copy(const struct tame_reservoir *r, float *x, int *y, int *tag);
 void tame_reservoir_save(const struct tame_reservoir *r, struct tame_wbuf *w);
-int tame_reservoir_load(struct tame_rbuf *rb, struct tame_reservoir **ret);
+/* TAME_E_CORRUPT unless the saved reservoir has this capacity and dim. */
+int tame_reservoir_load(struct tame_rbuf *rb, int capacity, int dim, struct tame_reservoir **ret);
 
 #endif

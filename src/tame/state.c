@@ -211,9 +211,8 @@ static int expert_load(struct tame_rbuf *r, const struct tame_learner *l, int k,
     for (int j = 0; j < p->classes; j++) e->label_count[j] = tame_rbuf_u64(r);
     if (r->err || flags > 31) goto corrupt;
     tame_expert_update_labels(e, p->classes);
-    rc = tame_reservoir_load(r, &e->buf);
+    rc = tame_reservoir_load(r, p->expert_capacity, p->input_dim, &e->buf);
     if (rc < 0) goto fail;
-    if (e->buf->capacity != p->expert_capacity || e->buf->dim != p->input_dim) goto corrupt;
     *ret = e;
     return 0;
 corrupt:
@@ -253,9 +252,8 @@ int tame_learner_load(struct tame_rbuf *r, struct tame_learner **ret)
     }
     tame_reservoir_free(l->sel_buf);
     l->sel_buf = NULL;
-    rc = tame_reservoir_load(r, &l->sel_buf);
+    rc = tame_reservoir_load(r, p.selector_capacity, p.input_dim, &l->sel_buf);
     if (rc < 0) goto fail;
-    if (l->sel_buf->capacity != p.selector_capacity || l->sel_buf->dim != p.input_dim) goto corrupt;
     int pend_len = tame_rbuf_i32(r);
     if (r->err || pend_len < 0 || pend_len > p.attribution_batches) goto corrupt;
     for (int i = 0; i < pend_len; i++) {

@@ -88,7 +88,7 @@ START_TEST(save_load_round_trip_and_corruption)
     tame_reservoir_save(r, &w);
     struct tame_rbuf rb;
     tame_rbuf_init(&rb, w.data, w.len);
-    ck_assert_int_eq(tame_reservoir_load(&rb, &back), 0);
+    ck_assert_int_eq(tame_reservoir_load(&rb, 20, 3, &back), 0);
     struct tame_wbuf w2;
     tame_wbuf_init(&w2);
     tame_reservoir_save(back, &w2);
@@ -112,7 +112,18 @@ START_TEST(save_load_round_trip_and_corruption)
     for (size_t len = 0; len < w.len; len += 5) {
         struct tame_reservoir *bad = NULL;
         tame_rbuf_init(&rb, w.data, len);
-        ck_assert_int_lt(tame_reservoir_load(&rb, &bad), 0);
+        ck_assert_int_lt(tame_reservoir_load(&rb, 20, 3, &bad), 0);
+        ck_assert_ptr_null(bad);
+    }
+    /* Nor a reservoir of another shape than the model's (a damaged size
+     * would otherwise be allocated before it is found out). */
+    int shapes[][2] = {{21, 3}, {20, 2}, {1 << 24, 3}};
+    for (int i = 0; i < 3; i++) {
+        struct tame_reservoir *bad = NULL;
+        tame_rbuf_init(&rb, w.data, w.len);
+        long before = tame_alloc_count();
+        ck_assert_int_eq(tame_reservoir_load(&rb, shapes[i][0], shapes[i][1], &bad), TAME_E_CORRUPT);
+        ck_assert_int_eq(tame_alloc_count(), before);
         ck_assert_ptr_null(bad);
     }
     tame_wbuf_done(&w);

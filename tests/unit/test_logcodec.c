@@ -49,6 +49,7 @@ START_TEST(quantised_inputs_take_a_palette_and_others_stay_float32)
     round_trip(x, N, 1, 3 + 122 * 4 + N); /* 0, -0 and 120 others */
     for (int i = 0; i < 3000; i++) x[i] = (float)(i / 10);
     round_trip(x, 3000, 0, 1 + 3000 * 4);
+    round_trip(x, 0, 0, 1); /* no values: the raw form's tag alone (a palette needs 1..256; found by fuzz-logcodec) */
     free(x);
 }
 END_TEST

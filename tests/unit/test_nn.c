@@ -456,6 +456,18 @@ START_TEST(serialisation_round_trips_and_detects_corruption)
         tame_rbuf_init(&rb, w.data, len);
         ck_assert_int_eq(nn_mlp_load(&rb, &back), TAME_E_CORRUPT);
     }
+    /* Widths the blob cannot hold (65536 x 65536: 16 GB of weights) are
+     * refused before anything is allocated for them (found by fuzz-state). */
+    uint8_t *wide = malloc(w.len);
+    memcpy(wide, w.data, w.len);
+    const uint32_t huge = NN_MAX_WIDTH;
+    memcpy(wide + 12, &huge, 4); /* magic, version, layers, then dims[0] and dims[1] */
+    memcpy(wide + 16, &huge, 4);
+    tame_rbuf_init(&rb, wide, w.len);
+    long before = tame_alloc_count();
+    ck_assert_int_eq(nn_mlp_load(&rb, &back), TAME_E_CORRUPT);
+    ck_assert_int_eq(tame_alloc_count(), before);
+    free(wide);
     tame_wbuf_done(&w);
     nn_mlp_free(m);
 }

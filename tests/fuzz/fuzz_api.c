@@ -1,0 +1,182 @@
+/* fuzz_api.c: any body sent to any route that takes one is answered, and
+ * as DESIGN 4 says: a 2xx with a JSON reply, or a 4xx, 429 or 503 with the
+ * JSON error {"error": {"code", "message"}}; never a 500, never a reply
+ * that is not JSON, never a crash.  The real stack runs in this process
+ * (SQLite in a temporary directory, the learners, the HTTP server on a
+ * loopback port), started once; each input is one request on a new
+ * connection.  The input's first byte picks the route, the rest is the
+ * body (or, for the events route, the query string). */
+#include "fuzz.h"
+#include "http/http.h"
+#include "store/store.h"
+#include "tame/log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static struct {
+    char dir[64], db[128];
+    struct serve *sv;
+    struct http_server *hs;
+    int port;
+} st;
+
+static const struct route {
+    const char *method, *path;
+} routes[] = {
+    {"POST", "/v1/models/m/samples"}, {"POST", "/v1/models/m/predict"}, {"POST", "/v1/models"},
+    {"GET", "/v1/models/m/events?"},  {"POST", "/v1/models/m/flush"},   {"POST", "/v1/models/m/selector"},
+};
+
+static bool write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return false;
+        p += k, n -= (size_t)k;
+    }
+    return true;
+}
+
+/* One request; the status (0 if the exchange failed: *body then says at
+ * which step, and errno) and the reply's body (malloc'd) in *body. */
+static int request(const char *method, const char *path, const uint8_t *b, size_t n, char **body)
+{
+    char why[128];
+    *body = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)st.port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        snprintf(why, sizeof(why), "connect: %s", strerror(errno));
+        if (fd >= 0) close(fd);
+        *body = strdup(why);
+        return 0;
+    }
+    char head[512];
+    int hn = snprintf(head, sizeof(head),
+                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                      method, path, n);
+    if (!write_all(fd, (const uint8_t *)head, (size_t)hn) || !write_all(fd, b, n)) {
+        snprintf(why, sizeof(why), "write: %s", strerror(errno));
+        close(fd);
+        *body = strdup(why);
+        return 0;
+    }
+    size_t cap = 4096, len = 0;
+    char *r = malloc(cap);
+    ssize_t got;
+    /* libFuzzer's timer (SIGALRM, each second) interrupts system calls. */
+    while (r && ((got = read(fd, r + len, cap - len - 1)) > 0 || (got < 0 && errno == EINTR))) {
+        if (got < 0) continue;
+        len += (size_t)got;
+        if (len + 1 == cap) r = realloc(r, cap *= 2);
+    }
+    int read_errno = errno;
+    close(fd);
+    if (!r) return 0;
+    r[len] = 0;
+    int status = 0;
+    if (sscanf(r, "HTTP/1.1 %d", &status) != 1) {
+        snprintf(why, sizeof(why), "no status line in %zu bytes (read: %s)", len, len ? "-" : strerror(read_errno));
+        free(r);
+        *body = strdup(why);
+        return 0;
+    }
+    char *sep = strstr(r, "\r\n\r\n");
+    *body = strdup(sep ? sep + 4 : "");
+    free(r);
+    return status;
+}
+
+static void stop(void)
+{
+    if (!st.hs) return;
+    http_set_ready(st.hs, false);
+    http_quiesce(st.hs);
+    http_drain(st.hs, 5.0);
+    http_stop(st.hs);
+    serve_stop(st.sv, false);
+    serve_free(st.sv);
+    st.hs = NULL;
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", st.dir);
+    if (system(cmd) != 0) fprintf(stderr, "fuzz_api: could not remove %s\n", st.dir);
+}
+
+static void start(void)
+{
+    tame_log_threshold = TAME_LOG_WARN; /* a line per created model would drown libFuzzer's own */
+    snprintf(st.dir, sizeof(st.dir), "/tmp/fuzz-api-XXXXXX");
+    FUZZ_REQUIRE(mkdtemp(st.dir), "mkdtemp");
+    snprintf(st.db, sizeof(st.db), "%s/tamed.db", st.dir);
+    char why[512] = "";
+    struct store_options so = {.sync = STORE_SYNC_NORMAL, .busy_ms = 5000, .manual_wal = true};
+    struct store *store;
+    FUZZ_REQUIRE(store_open(st.db, &so, &store, why, sizeof(why)) == 0, "store: %s", why);
+    struct serve_config sc = {.workers = 1, .queue_samples = 256, .queue_wait_ms = 10, .queue_waiters_max = 1,
+                              .models_max = 8, .step_threads = 1, .db_path = st.db, .store = store,
+                              .checkpoint_batches = 50, .checkpoint_seconds = 5, .ids_keep = 1000,
+                              .synchronous = 1};
+    FUZZ_REQUIRE(serve_new(&sc, &st.sv, why, sizeof(why)) == 0, "serve: %s", why);
+    /* Small limits: a fuzzed create may ask for the largest model allowed. */
+    struct http_config hc = {.listen_host = "127.0.0.1", .body_max_bytes = 1 << 20, .connections_max = 64,
+                             .per_ip_max = 64, .connection_memory_bytes = 16 * 1024, .idle_timeout_s = 5,
+                             .threads = 2, .lane_threads = 2, .input_dim_max = 64, .classes_max = 16,
+                             .hidden_max = 32, .hidden_layers_max = 2, .experts_max = 32, .batch_max = 64,
+                             .x_abs_max = 1e6};
+    FUZZ_REQUIRE(http_start(&hc, st.sv, &st.hs) == 0, "http_start");
+    st.port = http_port(st.hs);
+    atexit(stop);
+    /* The model every route but create talks to, trained a little so that
+     * predictions are routed through experts. */
+    const char *model = "{\"name\":\"m\",\"input_dim\":4,\"classes\":3,\"hidden\":[8],\"batch_size\":4}";
+    char *body;
+    FUZZ_REQUIRE(request("POST", "/v1/models", (const uint8_t *)model, strlen(model), &body) == 201, "create: %s",
+                 body);
+    free(body);
+    const char *samples = "{\"x\":[[1,0,0,0],[0,1,0,0],[0,0,1,0],[1,1,0,0]],\"y\":[0,1,2,0]}";
+    FUZZ_REQUIRE(request("POST", "/v1/models/m/samples", (const uint8_t *)samples, strlen(samples), &body) == 200,
+                 "samples: %s", body);
+    free(body);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!st.hs) start();
+    if (size < 1) return 0;
+    const struct route *rt = &routes[data[0] % (sizeof(routes) / sizeof(routes[0]))];
+    data++, size--;
+    char path[512];
+    size_t n = (size_t)snprintf(path, sizeof(path), "%s", rt->path);
+    if (!strcmp(rt->method, "GET")) { /* the body becomes the query, in the characters a URL takes as they are */
+        for (size_t i = 0; i < size && n + 1 < sizeof(path); i++)
+            if (strchr("abcdefghijklmnopqrstuvwxyz0123456789=&-_.%+", data[i])) path[n++] = (char)data[i];
+        path[n] = 0;
+        size = 0;
+    }
+    char *body;
+    int status = request(rt->method, path, data, size, &body);
+    FUZZ_REQUIRE(status >= 200 && status != 500 && status < 600, "%s %s: status %d: %s", rt->method, path, status,
+                 body ? body : "");
+    json_t *doc = body && *body ? json_loads(body, 0, NULL) : NULL;
+    if (status >= 400) {
+        json_t *e = json_object_get(doc, "error");
+        FUZZ_REQUIRE(json_is_string(json_object_get(e, "code")) && json_is_string(json_object_get(e, "message")),
+                     "%s %s: %d without a JSON error: %s", rt->method, path, status, body);
+    } else {
+        FUZZ_REQUIRE(doc || !body || !*body, "%s %s: %d, not JSON: %s", rt->method, path, status, body);
+    }
+    json_decref(doc);
+    free(body);
+    return 0;
+}
