@@ -250,6 +250,11 @@ int tame_learner_load(struct tame_rbuf *r, struct tame_learner **ret)
         if (rc < 0) goto fail;
         l->n_experts = k + 1;
     }
+    /* What the step relies on: only the newest expert, spawned after
+     * another and still in control, can be on probation (its retirement
+     * removes the last expert; found by fuzz-state). */
+    for (int k = 0; k < n_experts; k++)
+        if (l->experts[k]->probation && (k == 0 || k != n_experts - 1 || k != l->active)) goto corrupt;
     tame_reservoir_free(l->sel_buf);
     l->sel_buf = NULL;
     rc = tame_reservoir_load(r, p.selector_capacity, p.input_dim, &l->sel_buf);

@@ -1,7 +1,8 @@
 /* fuzz_api.c: any body sent to any route that takes one is answered, and
  * as DESIGN 4 says: a 2xx with a JSON reply, or a 4xx, 429 or 503 with the
  * JSON error {"error": {"code", "message"}}; never a 500, never a reply
- * that is not JSON, never a crash.  The real stack runs in this process
+ * that is not JSON, never a crash; and a refused write leaves the model's
+ * acknowledged count as it was, an accepted one moves it as its reply says.  The real stack runs in this process
  * (SQLite in a temporary directory, the learners, the HTTP server on a
  * loopback port), started once; each input is one request on a new
  * connection.  The input's first byte picks the route, the rest is the
@@ -26,6 +27,7 @@ static struct {
     struct serve *sv;
     struct http_server *hs;
     int port;
+    double acknowledged; /* model m's, after the last samples request */
 } st;
 
 static const struct route {
@@ -61,11 +63,12 @@ static int request(const char *method, const char *path, const uint8_t *b, size_
         *body = strdup(why);
         return 0;
     }
-    char head[512];
+    char head[1024]; /* a path of up to 512 bytes and the headers */
     int hn = snprintf(head, sizeof(head),
                       "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                       method, path, n);
+    FUZZ_REQUIRE(hn > 0 && (size_t)hn < sizeof(head), "request head of %d bytes", hn);
     if (!write_all(fd, (const uint8_t *)head, (size_t)hn) || !write_all(fd, b, n)) {
         snprintf(why, sizeof(why), "write: %s", strerror(errno));
         close(fd);
@@ -96,6 +99,20 @@ static int request(const char *method, const char *path, const uint8_t *b, size_
     *body = strdup(sep ? sep + 4 : "");
     free(r);
     return status;
+}
+
+/* Model m's samples_acknowledged, as GET /v1/models/m reports it. */
+static double acknowledged(void)
+{
+    char *body;
+    int status = request("GET", "/v1/models/m", NULL, 0, &body);
+    json_t *doc = json_loads(body ? body : "", 0, NULL);
+    json_t *v = json_object_get(doc, "samples_acknowledged");
+    FUZZ_REQUIRE(status == 200 && json_is_number(v), "GET /v1/models/m: %d %s", status, body ? body : "");
+    double n = json_number_value(v);
+    json_decref(doc);
+    free(body);
+    return n;
 }
 
 static void stop(void)
@@ -148,6 +165,7 @@ static void start(void)
     FUZZ_REQUIRE(request("POST", "/v1/models/m/samples", (const uint8_t *)samples, strlen(samples), &body) == 200,
                  "samples: %s", body);
     free(body);
+    st.acknowledged = acknowledged();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -160,7 +178,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = (size_t)snprintf(path, sizeof(path), "%s", rt->path);
     if (!strcmp(rt->method, "GET")) { /* the body becomes the query, in the characters a URL takes as they are */
         for (size_t i = 0; i < size && n + 1 < sizeof(path); i++)
-            if (strchr("abcdefghijklmnopqrstuvwxyz0123456789=&-_.%+", data[i])) path[n++] = (char)data[i];
+            if (data[i] && strchr("abcdefghijklmnopqrstuvwxyz0123456789=&-_.%+", data[i])) path[n++] = (char)data[i];
         path[n] = 0;
         size = 0;
     }
@@ -175,6 +193,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                      "%s %s: %d without a JSON error: %s", rt->method, path, status, body);
     } else {
         FUZZ_REQUIRE(doc || !body || !*body, "%s %s: %d, not JSON: %s", rt->method, path, status, body);
+    }
+    if (rt == &routes[0]) {
+        /* A refused write changes nothing; an accepted one is counted as it says. */
+        double now = acknowledged();
+        if (status == 200)
+            FUZZ_REQUIRE(now == json_number_value(json_object_get(doc, "samples_acknowledged")) &&
+                             now >= st.acknowledged,
+                         "acknowledged %g -> %g, reply %s", st.acknowledged, now, body);
+        else
+            FUZZ_REQUIRE(now == st.acknowledged, "refused (%d) but acknowledged %g -> %g: %s", status,
+                         st.acknowledged, now, body);
+        st.acknowledged = now;
     }
     json_decref(doc);
     free(body);
