@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,24 @@ static bool write_all(int fd, const uint8_t *p, size_t n)
     return true;
 }
 
+/* connect, finished even when a signal interrupts it (the attempt goes on;
+ * its outcome is read once the socket is writable). */
+static bool connect_all(int fd, const struct sockaddr_in *a)
+{
+    if (connect(fd, (const struct sockaddr *)a, sizeof(*a)) == 0) return true;
+    if (errno != EINTR) return false;
+    struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+    while (poll(&pfd, 1, 5000) < 0)
+        if (errno != EINTR) return false;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+        errno = err;
+        return false;
+    }
+    return true;
+}
+
 /* One request; the status (0 if the exchange failed: *body then says at
  * which step, and errno) and the reply's body (malloc'd) in *body. */
 static int request(const char *method, const char *path, const uint8_t *b, size_t n, char **body)
@@ -57,7 +76,7 @@ static int request(const char *method, const char *path, const uint8_t *b, size_
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)st.port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+    if (fd < 0 || !connect_all(fd, &a)) {
         snprintf(why, sizeof(why), "connect: %s", strerror(errno));
         if (fd >= 0) close(fd);
         *body = strdup(why);
@@ -78,7 +97,8 @@ static int request(const char *method, const char *path, const uint8_t *b, size_
     size_t cap = 4096, len = 0;
     char *r = malloc(cap);
     ssize_t got;
-    /* libFuzzer's timer (SIGALRM, each second) interrupts system calls. */
+    /* libFuzzer's timer (SIGALRM, each second) interrupts system calls:
+     * connect_all, write_all and this loop carry on. */
     while (r && ((got = read(fd, r + len, cap - len - 1)) > 0 || (got < 0 && errno == EINTR))) {
         if (got < 0) continue;
         len += (size_t)got;
