@@ -408,7 +408,7 @@ static void extract_half(void *arg)
 {
     struct half *hf = arg;
     num_pool_init(&hf->pool);
-    hf->rc = numarray_extract(hf->body, &hf->len, &hf->pool);
+    hf->rc = numarray_extract_tail(hf->body, &hf->len, &hf->pool);
 }
 
 /* Bodies from this size on are parsed in two parts when a lane thread is

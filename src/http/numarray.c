@@ -395,7 +395,13 @@ static struct num_array *pool_push_array(struct num_pool *pool)
 
 static inline bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
-int numarray_extract(char *body, size_t *len, struct num_pool *pool)
+static int extract(char *body, size_t *len, bool at_start, struct num_pool *pool);
+
+int numarray_extract(char *body, size_t *len, struct num_pool *pool) { return extract(body, len, true, pool); }
+
+int numarray_extract_tail(char *part, size_t *len, struct num_pool *pool) { return extract(part, len, false, pool); }
+
+static int extract(char *body, size_t *len, bool at_start, struct num_pool *pool)
 {
     /* Read at p, write at w <= p: a placeholder is shorter than the array
      * it replaces, so the body shrinks in place and jansson parses only
@@ -403,9 +409,13 @@ int numarray_extract(char *body, size_t *len, struct num_pool *pool)
     char *const end = body + *len;
     char *p = body, *w = body;
     /* A body that is itself an array is left whole: a string in its place
-     * would be a different error (jansson takes only an object or array). */
+     * would be a different error (jansson takes only an object or array).
+     * A tail starts after a cut, inside the body: its first array is not
+     * the body's (it was parsed by jansson, number by number, until
+     * measured: lane CPU +0.3 ms for a 128 x 784 body). */
     const char *top = body;
-    while (top < end && is_ws(*top)) top++;
+    while (at_start && top < end && is_ws(*top)) top++;
+    if (!at_start) top = NULL;
     while (p < end) {
         char c = *p;
         if (c == '"') { /* copy a string, escapes included */

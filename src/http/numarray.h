@@ -44,9 +44,12 @@ void num_pool_done(struct num_pool *p);
 /* Rewrite body[0..*len) in place (it only shrinks; *len is updated);
  * body[*len] must be a NUL on entry.  Returns 0 or -1 when out of memory. */
 int numarray_extract(char *body, size_t *len, struct num_pool *pool);
+/* The same for the part of a body after numarray_cut's cut. */
+int numarray_extract_tail(char *part, size_t *len, struct num_pool *pool);
 /* A large body can be extracted in two parts on two threads: numarray_cut
  * finds where (just after a "]," or "}," outside strings, at or after the
- * middle; 0 if nowhere), each part goes through numarray_extract with its own pool
+ * middle; 0 if nowhere), the first part goes through numarray_extract and the
+ * second through numarray_extract_tail, each with its own pool
  * (the first part's last number ends inside it, so neither reads the
  * other's bytes), and numarray_join closes the gap between the two
  * rewritten parts and chains `second` (malloc'd, taken) behind `pool`. */

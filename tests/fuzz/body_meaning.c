@@ -69,7 +69,7 @@ const char *body_meaning_differs(const char *text, size_t n, bool split, char *m
         }
         num_pool_init(second);
         size_t l1 = cut, l2 = n - cut;
-        int rc1 = numarray_extract(b, &l1, &pool), rc2 = numarray_extract(b + cut, &l2, second);
+        int rc1 = numarray_extract(b, &l1, &pool), rc2 = numarray_extract_tail(b + cut, &l2, second);
         numarray_join(b, &len, l1, cut, l2, &pool, second);
         if (rc1 < 0 || rc2 < 0) why = "out of memory";
     } else if (numarray_extract(b, &len, &pool) < 0) {
