@@ -413,9 +413,9 @@ static int extract(char *body, size_t *len, bool at_start, struct num_pool *pool
      * A tail starts after a cut, inside the body: its first array is not
      * the body's (it was parsed by jansson, number by number, until
      * measured: lane CPU +0.3 ms for a 128 x 784 body). */
-    const char *top = body;
-    while (at_start && top < end && is_ws(*top)) top++;
-    if (!at_start) top = NULL;
+    const char *top = NULL;
+    if (at_start)
+        for (top = body; top < end && is_ws(*top);) top++;
     while (p < end) {
         char c = *p;
         if (c == '"') { /* copy a string, escapes included */

@@ -17,12 +17,12 @@ static void encode_raw(const float *x, size_t n, struct tame_wbuf *w)
 
 void log_x_encode(const float *x, size_t n, struct tame_wbuf *w)
 {
-    /* Palette slots hold bit pattern + 1 (0 = empty), so -0.0 and 0.0 stay
-     * distinct and every pattern round-trips. */
     if (n == 0) { /* no values: the raw form, since a palette holds 1..256 */
         encode_raw(x, n, w);
         return;
     }
+    /* Palette slots hold bit pattern + 1 (0 = empty), so -0.0 and 0.0 stay
+     * distinct and every pattern round-trips. */
     uint64_t slot_key[SLOTS] = {0};
     uint8_t slot_idx[SLOTS];
     uint32_t palette[PALETTE_MAX];
