@@ -2,26 +2,22 @@
  * as DESIGN 4 says: a 2xx with a JSON reply, or a 4xx, 429 or 503 with the
  * JSON error {"error": {"code", "message"}}; never a 500, never a reply
  * that is not JSON, never a crash; and a refused write leaves the model's
- * acknowledged count as it was, an accepted one moves it as its reply says.  The real stack runs in this process
- * (SQLite in a temporary directory, the learners, the HTTP server on a
- * loopback port), started once; each input is one request on a new
- * connection.  The input's first byte picks the route, the rest is the
- * body (or, for the events route, the query string). */
+ * acknowledged count as it was, an accepted one moves it as its reply
+ * says.  The real stack runs in this process (SQLite in a temporary
+ * directory, the learners, the HTTP server on a loopback port), started
+ * once; each input is one request on a new connection (the integration
+ * harness's libcurl client).  The input's first byte picks the route, the
+ * rest is the body (or, for the events route, the query string). */
 #include "fuzz.h"
+#include "harness.h"
 #include "http/http.h"
 #include "store/store.h"
 #include "tame/log.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 static struct {
     char dir[64], db[128];
@@ -38,94 +34,26 @@ static const struct route {
     {"GET", "/v1/models/m/events?"},  {"POST", "/v1/models/m/flush"},   {"POST", "/v1/models/m/selector"},
 };
 
-static bool write_all(int fd, const uint8_t *p, size_t n)
+/* One request: the status (0 if the exchange failed: *body then says
+ * why) and the reply's body (malloc'd) in *body. */
+static int request_to(const char *method, const char *path, const uint8_t *b, size_t n, char **body)
 {
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return false;
-        p += k, n -= (size_t)k;
-    }
-    return true;
-}
-
-/* connect, finished even when a signal interrupts it (the attempt goes on;
- * its outcome is read once the socket is writable). */
-static bool connect_all(int fd, const struct sockaddr_in *a)
-{
-    if (connect(fd, (const struct sockaddr *)a, sizeof(*a)) == 0) return true;
-    if (errno != EINTR) return false;
-    struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-    while (poll(&pfd, 1, 5000) < 0)
-        if (errno != EINTR) return false;
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
-        errno = err;
-        return false;
-    }
-    return true;
-}
-
-/* One request; the status (0 if the exchange failed: *body then says at
- * which step, and errno) and the reply's body (malloc'd) in *body. */
-static int request(const char *method, const char *path, const uint8_t *b, size_t n, char **body)
-{
-    char why[128];
-    *body = NULL;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)st.port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || !connect_all(fd, &a)) {
-        snprintf(why, sizeof(why), "connect: %s", strerror(errno));
-        if (fd >= 0) close(fd);
-        *body = strdup(why);
+    struct reply r;
+    CURLcode rc = try_request(st.port, method, path, "application/json", (const char *)b, n, NULL, &r);
+    if (rc != CURLE_OK) {
+        free(r.body);
+        *body = strdup(curl_easy_strerror(rc));
         return 0;
     }
-    char head[1024]; /* a path of up to 512 bytes and the headers */
-    int hn = snprintf(head, sizeof(head),
-                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                      method, path, n);
-    FUZZ_REQUIRE(hn > 0 && (size_t)hn < sizeof(head), "request head of %d bytes", hn);
-    if (!write_all(fd, (const uint8_t *)head, (size_t)hn) || !write_all(fd, b, n)) {
-        snprintf(why, sizeof(why), "write: %s", strerror(errno));
-        close(fd);
-        *body = strdup(why);
-        return 0;
-    }
-    size_t cap = 4096, len = 0;
-    char *r = malloc(cap);
-    ssize_t got;
-    /* libFuzzer's timer (SIGALRM, each second) interrupts system calls:
-     * connect_all, write_all and this loop carry on. */
-    while (r && ((got = read(fd, r + len, cap - len - 1)) > 0 || (got < 0 && errno == EINTR))) {
-        if (got < 0) continue;
-        len += (size_t)got;
-        if (len + 1 == cap) r = realloc(r, cap *= 2);
-    }
-    int read_errno = errno;
-    close(fd);
-    if (!r) return 0;
-    r[len] = 0;
-    int status = 0;
-    if (sscanf(r, "HTTP/1.1 %d", &status) != 1) {
-        snprintf(why, sizeof(why), "no status line in %zu bytes (read: %s)", len, len ? "-" : strerror(read_errno));
-        free(r);
-        *body = strdup(why);
-        return 0;
-    }
-    char *sep = strstr(r, "\r\n\r\n");
-    *body = strdup(sep ? sep + 4 : "");
-    free(r);
-    return status;
+    *body = r.body;
+    return (int)r.status;
 }
 
 /* Model m's samples_acknowledged, as GET /v1/models/m reports it. */
 static double acknowledged(void)
 {
     char *body;
-    int status = request("GET", "/v1/models/m", NULL, 0, &body);
+    int status = request_to("GET", "/v1/models/m", NULL, 0, &body);
     json_t *doc = json_loads(body ? body : "", 0, NULL);
     json_t *v = json_object_get(doc, "samples_acknowledged");
     FUZZ_REQUIRE(status == 200 && json_is_number(v), "GET /v1/models/m: %d %s", status, body ? body : "");
@@ -178,11 +106,11 @@ static void start(void)
      * predictions are routed through experts. */
     const char *model = "{\"name\":\"m\",\"input_dim\":4,\"classes\":3,\"hidden\":[8],\"batch_size\":4}";
     char *body;
-    FUZZ_REQUIRE(request("POST", "/v1/models", (const uint8_t *)model, strlen(model), &body) == 201, "create: %s",
+    FUZZ_REQUIRE(request_to("POST", "/v1/models", (const uint8_t *)model, strlen(model), &body) == 201, "create: %s",
                  body);
     free(body);
     const char *samples = "{\"x\":[[1,0,0,0],[0,1,0,0],[0,0,1,0],[1,1,0,0]],\"y\":[0,1,2,0]}";
-    FUZZ_REQUIRE(request("POST", "/v1/models/m/samples", (const uint8_t *)samples, strlen(samples), &body) == 200,
+    FUZZ_REQUIRE(request_to("POST", "/v1/models/m/samples", (const uint8_t *)samples, strlen(samples), &body) == 200,
                  "samples: %s", body);
     free(body);
     st.acknowledged = acknowledged();
@@ -203,7 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size = 0;
     }
     char *body;
-    int status = request(rt->method, path, data, size, &body);
+    int status = request_to(rt->method, path, strcmp(rt->method, "GET") ? data : NULL, size, &body);
     FUZZ_REQUIRE(status >= 200 && status != 500 && status < 600, "%s %s: status %d: %s", rt->method, path, status,
                  body ? body : "");
     json_t *doc = body && *body ? json_loads(body, 0, NULL) : NULL;

@@ -146,10 +146,8 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* One request (ctype NULL = none; token NULL = none); the curl result (the
- * status is set only on CURLE_OK). */
-static CURLcode try_request(int port, const char *method, const char *path, const char *ctype, const char *body,
-                            size_t body_len, const char *token, struct reply *r)
+CURLcode try_request(int port, const char *method, const char *path, const char *ctype, const char *body,
+                     size_t body_len, const char *token, struct reply *r)
 {
     CURL *c = curl_easy_init();
     char url[512];

@@ -51,6 +51,10 @@ struct reply {
     char www_auth[256];
     char retry_after[32];
 };
+/* One request, without asserting anything: CURLE_OK with *r filled, or
+ * curl's error (r->body is then empty, r->status 0). */
+CURLcode try_request(int port, const char *method, const char *path, const char *ctype, const char *body,
+                     size_t body_len, const char *token, struct reply *r);
 /* One request; ctype NULL = no Content-Type; token NULL = none. */
 struct reply request(int port, const char *method, const char *path, const char *ctype, const char *body,
                      size_t body_len, const char *token);
