@@ -46,7 +46,8 @@ static bool same_meaning(json_t *want, json_t *got, const struct num_pool *pool)
     return json_equal(want, got);
 }
 
-const char *body_meaning_differs(const char *text, size_t n, bool split, char *msg, size_t cap)
+const char *body_meaning_differs(const char *text, size_t n, bool split, size_t *ret_arrays, char *msg,
+                                 size_t cap)
 {
     const char *why = NULL;
     json_error_t e_want, e_got;
@@ -76,6 +77,7 @@ const char *body_meaning_differs(const char *text, size_t n, bool split, char *m
         why = "out of memory";
     }
     if (why) goto done;
+    if (ret_arrays) *ret_arrays = pool.n_arr + (pool.next ? pool.next->n_arr : 0);
     got = json_loadb(b, len, JSON_REJECT_DUPLICATES, &e_got);
     if (want && !got) {
         snprintf(msg, cap, "refused after rewriting (%s)", e_got.text);

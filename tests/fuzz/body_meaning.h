@@ -12,7 +12,8 @@
  * placeholders resolve to the original numbers bit for bit (integers where
  * they were integers), and a refused body laid out as sent gets jansson's
  * very error (line, column, byte, text).  Otherwise what differs, written
- * into msg. */
-const char *body_meaning_differs(const char *text, size_t n, bool split, char *msg, size_t cap);
+ * into msg.  *ret_arrays (if not NULL): how many arrays were rewritten. */
+const char *body_meaning_differs(const char *text, size_t n, bool split, size_t *ret_arrays, char *msg,
+                                 size_t cap);
 
 #endif
