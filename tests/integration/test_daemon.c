@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <signal.h>
 #include <spawn.h>
@@ -199,6 +200,25 @@ static long get_with_header_of(int port, size_t pad)
     return status;
 }
 
+/* Formatted request bodies for a table built in one initializer: each
+ * call takes the next of the caller's buffers.  A function, because the
+ * initializer's expressions are evaluated in no fixed order. */
+struct bodies {
+    char b[64][512];
+    int n;
+};
+
+__attribute__((format(printf, 2, 3))) static const char *body_fmt(struct bodies *bs, const char *fmt, ...)
+{
+    ck_assert_int_lt(bs->n, 64);
+    char *out = bs->b[bs->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, sizeof(bs->b[0]), fmt, ap);
+    va_end(ap);
+    return out;
+}
+
 START_TEST(bad_requests_get_a_json_error_and_change_nothing)
 {
     struct daemon d;
@@ -212,9 +232,9 @@ START_TEST(bad_requests_get_a_json_error_and_change_nothing)
     free(good);
     const char *J = "application/json";
     const char *x15 = "[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]", *x16 = "[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]";
-    char b[64][512];
-    int nb = 0;
-#define S(...) (snprintf(b[nb], sizeof(b[nb]), __VA_ARGS__), b[nb++])
+    struct bodies bs;
+    bs.n = 0;
+#define S(...) body_fmt(&bs, __VA_ARGS__)
     const struct bad cases[] = {
         {"POST", "/v1/models/m/samples", J, "{", 400},
         {"POST", "/v1/models/m/samples", J, "{\"samples\":[}", 400},
