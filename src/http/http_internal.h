@@ -75,7 +75,9 @@ struct http_server {
  * Leaves the answer in c->reply. */
 void http_route(struct http_server *h, struct http_req *c, const char *url, const char *method,
                 char *body, size_t len, double t0);
+/* metrics.c: count a request; and answer /metrics. */
 void http_metrics_request(struct http_server *h, enum http_endpoint ep, int status, double seconds);
+int http_handle_metrics(struct http_server *h, struct http_req *c);
 /* Connections open now, and those refused at accept so far by limit. */
 void http_connection_counts(struct http_server *h, int *open, uint64_t refused[HTTP_REFUSED_COUNT]);
 

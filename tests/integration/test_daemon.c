@@ -519,6 +519,35 @@ START_TEST(metrics_parse_and_count_what_was_sent)
 }
 END_TEST
 
+/* /metrics lists every model, however many the daemon was allowed
+ * (--models-max): it once kept a fixed 64 rows and left the rest out. */
+START_TEST(metrics_list_every_model)
+{
+    struct daemon d;
+    const char *extra[] = {"--models-max", "100", NULL};
+    daemon_start(&d, extra);
+    enum { N = 70 };
+    for (int k = 0; k < N; k++) {
+        char spec[128];
+        snprintf(spec, sizeof(spec), "{\"name\":\"m%d\",\"input_dim\":4,\"classes\":2,\"hidden\":[4]}", k);
+        json_decref(call_json(d.port, "POST", "/v1/models", spec, 201));
+    }
+    json_decref(call_json(d.port, "POST", "/v1/models/m69/samples", "{\"x\":[[1,2,3,4]],\"y\":[1]}", 200));
+    struct reply mt = call(d.port, "GET", "/metrics", NULL);
+    ck_assert_int_eq(mt.status, 200);
+    for (int k = 0; k < N; k++) {
+        char series[64];
+        snprintf(series, sizeof(series), "tame_samples_ingested_total{model=\"m%d\"}", k);
+        ck_assert_msg(metric(mt.body, series) == (k == N - 1 ? 1 : 0), "%s missing or wrong", series);
+        snprintf(series, sizeof(series), "tame_experts{model=\"m%d\"}", k);
+        ck_assert_msg(!isnan(metric(mt.body, series)), "%s missing", series);
+    }
+    free(mt.body);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 START_TEST(bearer_auth_follows_rfc_6750)
 {
     const char *token = "s3cret-token-0123456789";
@@ -1138,6 +1167,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, three_task_stream_is_learned_routed_and_predicted_while_training);
     tcase_add_test(tc, bad_requests_get_a_json_error_and_change_nothing);
     tcase_add_test(tc, metrics_parse_and_count_what_was_sent);
+    tcase_add_test(tc, metrics_list_every_model);
     tcase_add_test(tc, healthcheck_mode_reports_liveness);
     tcase_add_test(tc, every_path_of_the_openapi_contract_is_served);
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
