@@ -32,6 +32,22 @@ static const struct field {
 };
 #define N_FIELDS (sizeof(param_fields) / sizeof(param_fields[0]))
 
+/* A float for a jansson tree: the double of the float's shortest decimal
+ * text.  Dumped at 9 significant digits (server.c), 0.1f then reads "0.1"
+ * rather than "0.100000001", and either way parses back to the same float.
+ * Not finite (a loss may overflow): null, as jansson has no such number. */
+static json_t *json_float(float f)
+{
+    if (!isfinite(f)) return json_null();
+    char buf[TAME_FLOAT_TEXT_MAX + 1];
+    int n = tame_fmt_float_shortest(buf, f);
+    buf[n] = 0;
+    return json_real(strtod(buf, NULL));
+}
+
+/* A double for a jansson tree; null when not finite, as for json_float. */
+static json_t *json_double(double d) { return isfinite(d) ? json_real(d) : json_null(); }
+
 static json_t *params_json(const struct tame_params *p)
 {
     json_t *o = json_object();
@@ -39,7 +55,7 @@ static json_t *params_json(const struct tame_params *p)
         const struct field *f = &param_fields[i];
         const char *base = (const char *)p + f->off;
         json_t *v = f->type == F_INT     ? json_integer(*(const int *)base)
-                    : f->type == F_FLOAT ? json_real(*(const float *)base)
+                    : f->type == F_FLOAT ? json_float(*(const float *)base)
                                          : json_integer((json_int_t) * (const uint64_t *)base);
         json_object_set_new(o, f->name, v);
     }
@@ -140,11 +156,12 @@ static json_t *model_json(struct serve_model *m)
         for (int j = 0; j < p->classes; j++)
             if (e->labels[j]) json_array_append_new(labels, json_integer(j));
         json_array_append_new(experts,
-                              json_pack("{s:i,s:I,s:o,s:I,s:f,s:f,s:f,s:f,s:b,s:i}", "id", e->id,
+                              json_pack("{s:i,s:I,s:o,s:I,s:o,s:o,s:o,s:o,s:b,s:i}", "id", e->id,
                                         "batches_trained", (json_int_t)e->batches_trained, "labels", labels,
-                                        "nonzero_params", (json_int_t)e->nonzero_params, "loss", e->loss,
-                                        "threshold", e->threshold, "s_all", e->s_all, "s_act", e->s_act,
-                                        "pruned", e->pruned, "buffer_fill", e->buffer_fill));
+                                        "nonzero_params", (json_int_t)e->nonzero_params, "loss",
+                                        json_double(e->loss), "threshold", json_double(e->threshold), "s_all",
+                                        json_double(e->s_all), "s_act", json_double(e->s_act), "pruned", e->pruned,
+                                        "buffer_fill", e->buffer_fill));
     }
     json_t *o = json_pack(
         "{s:s,s:i,s:i,s:o,s:I,s:I,s:I,s:I,s:i,s:i,s:o,s:{s:i,s:I,s:b,s:i},s:I,s:I,s:I,s:I}", "name",
@@ -724,13 +741,14 @@ static int handle_events(struct http_req *c, struct serve_model *m)
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         json_t *losses = json_array();
-        for (int k = 0; k < ev[i].n_losses; k++) json_array_append_new(losses, json_real(ev[i].losses[k]));
-        json_array_append_new(arr, json_pack("{s:I,s:I,s:s,s:i,s:i,s:f,s:f,s:o,s:f,s:f,s:i}", "seq",
+        for (int k = 0; k < ev[i].n_losses; k++) json_array_append_new(losses, json_float(ev[i].losses[k]));
+        json_array_append_new(arr, json_pack("{s:I,s:I,s:s,s:i,s:i,s:o,s:o,s:o,s:o,s:o,s:i}", "seq",
                                              (json_int_t)ev[i].seq, "batch", (json_int_t)ev[i].batch, "kind",
                                              tame_event_kind_name(ev[i].kind), "from", ev[i].from, "to", ev[i].to,
-                                             "stat", ev[i].stat, "threshold", ev[i].threshold, "losses", losses,
-                                             "k_sigma", ev[i].k_sigma, "k_warn", ev[i].k_warn, "min_batches",
-                                             ev[i].min_batches));
+                                             "stat", json_double(ev[i].stat), "threshold",
+                                             json_double(ev[i].threshold), "losses", losses, "k_sigma",
+                                             json_float(ev[i].k_sigma), "k_warn", json_float(ev[i].k_warn),
+                                             "min_batches", ev[i].min_batches));
     }
     free(ev);
     json_t *jnext = next == UINT64_MAX ? json_null() : json_integer((json_int_t)next);

@@ -519,6 +519,33 @@ START_TEST(metrics_parse_and_count_what_was_sent)
 }
 END_TEST
 
+/* Hyper-parameters are floats: a model reads back what was sent, in its
+ * shortest text ("lr":0.05, not 0.0500000007), and that text is the same
+ * float again. */
+START_TEST(model_params_read_back_as_written)
+{
+    struct daemon d;
+    daemon_start(&d, NULL);
+    const char *spec = "{\"name\":\"p\",\"input_dim\":4,\"classes\":2,\"lr\":0.05,\"momentum\":0.9,"
+                       "\"weight_decay\":0.0005,\"sigma_floor\":0.015,\"alpha\":0.2}";
+    json_decref(call_json(d.port, "POST", "/v1/models", spec, 201));
+    struct reply r = call(d.port, "GET", "/v1/models/p", NULL);
+    ck_assert_int_eq(r.status, 200);
+    const char *want[] = {"\"lr\":0.05,", "\"momentum\":0.9,", "\"weight_decay\":0.0005,",
+                          "\"sigma_floor\":0.015,", "\"alpha\":0.2,", "\"head_scale\":3.0,"};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        ck_assert_msg(strstr(r.body, want[i]), "%s not in %s", want[i], r.body);
+    json_t *m = json_loads(r.body, 0, NULL);
+    json_t *params = json_object_get(m, "params");
+    ck_assert((float)json_real_value(json_object_get(params, "lr")) == 0.05f);
+    ck_assert((float)json_real_value(json_object_get(params, "momentum")) == 0.9f);
+    json_decref(m);
+    free(r.body);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 /* /metrics lists every model, however many the daemon was allowed
  * (--models-max): it once kept a fixed 64 rows and left the rest out. */
 START_TEST(metrics_list_every_model)
@@ -1168,6 +1195,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, bad_requests_get_a_json_error_and_change_nothing);
     tcase_add_test(tc, metrics_parse_and_count_what_was_sent);
     tcase_add_test(tc, metrics_list_every_model);
+    tcase_add_test(tc, model_params_read_back_as_written);
     tcase_add_test(tc, healthcheck_mode_reports_liveness);
     tcase_add_test(tc, every_path_of_the_openapi_contract_is_served);
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
