@@ -320,6 +320,8 @@ int main(int argc, char **argv)
     scfg.test_checkpoint_pause_ms = stall ? atoi(stall) : 0;
     const char *slow = getenv("TAMED_TEST_STEP_PAUSE_MS");
     scfg.test_step_pause_ms = slow ? atoi(slow) : 0;
+    const char *nomem = getenv("TAMED_TEST_STEP_NOMEM");
+    scfg.test_step_nomem = nomem ? atoi(nomem) : 0;
     struct serve *sv;
     int svrc = serve_new(&scfg, &sv, why, sizeof(why));
     if (svrc < 0) {

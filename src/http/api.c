@@ -175,6 +175,7 @@ static json_t *model_json(struct serve_model *m)
         "nonfinite_updates", (json_int_t)v->info.nonfinite_updates, "predictions",
         (json_int_t)c.predictions, "events", (json_int_t)c.events);
     json_object_set_new(o, "samples_duplicate", json_integer((json_int_t)c.duplicates));
+    json_object_set_new(o, "step_failures", json_integer((json_int_t)c.step_failures));
     json_object_set_new(json_object_get(o, "selector"), "pending", json_integer(c.selector_pending));
     json_object_set_new(o, "durability", json_pack("{s:I,s:I,s:b}", "checkpoint_position",
                                                    (json_int_t)c.checkpoint_pos, "checkpoints",

@@ -105,6 +105,8 @@ static void render_models(struct http_server *h, struct tame_wbuf *t)
          "Writes that found the queue full and waited for room (--queue-wait-ms)."},
         {"tame_queue_full_total", "counter",
          "Writes refused with 429: the queue stayed full for --queue-wait-ms."},
+        {"tame_step_failures_total", "counter",
+         "Learner rounds that failed (out of memory); their batch stayed queued and is retried."},
     };
     enum { N_G = sizeof(gauges) / sizeof(gauges[0]) };
     /* One row per model, read before any text is written so that each
@@ -142,7 +144,8 @@ static void render_models(struct http_server *h, struct tame_wbuf *t)
                            (double)cn.duplicates,
                            (double)cn.checkpoint_pos,
                            (double)cn.queue_waits,
-                           (double)cn.queue_full};
+                           (double)cn.queue_full,
+                           (double)cn.step_failures};
         memcpy(rows[shown].v, row, sizeof(row));
         snprintf(rows[shown].name, sizeof(rows[shown].name), "%s", names[i]);
         shown++;

@@ -357,6 +357,7 @@ void serve_counters(struct serve_model *m, struct serve_counters *c)
                                  .predictions = m->predictions,
                                  .queue_waits = m->queue_waits,
                                  .queue_full = m->queue_full,
+                                 .step_failures = m->step_failures,
                                  .events = m->n_events};
     memcpy(c->by_kind, m->by_kind, sizeof(c->by_kind));
     pthread_mutex_unlock(&m->mu);
@@ -623,12 +624,26 @@ static void checkpoint(struct serve *s, struct serve_model *m)
 struct unit {
     int off, n; /* samples in bx */
     int mark;   /* 0, or the ITEM_ mark that ends it */
+    int items;  /* queue items up to and including this unit */
 };
+
+static int step(struct serve *s, struct serve_model *m, const float *x, const int *y, int n)
+{
+    /* Fault injection for tests: the daemon's first steps fail as if out
+     * of memory (serve_config.test_step_nomem). */
+    if (atomic_load_explicit(&s->test_nomem_left, memory_order_relaxed) > 0 &&
+        atomic_fetch_sub(&s->test_nomem_left, 1) > 0)
+        return TAME_E_NOMEM;
+    return tame_learner_step(m->learner, x, y, n);
+}
 
 /* One round on a busy model: install finished selectors in order, train up
  * to TAKE_BATCHES units from the queue (a unit is a full batch, or the
- * samples before a mark), publish a new view, checkpoint when due. */
-static void work_round(struct serve *s, struct serve_model *m, float *bx, int *by)
+ * samples before a mark), publish a new view, checkpoint when due.  A step
+ * that fails (out of memory: the learner is unchanged) ends the round
+ * there: its unit and those after it stay queued for the next round, so an
+ * acknowledged sample is never skipped.  Returns that failure, or 0. */
+static int work_round(struct serve *s, struct serve_model *m, float *bx, int *by)
 {
     const struct tame_params *p = &m->p;
     const int d = p->input_dim, bs = p->batch_size;
@@ -651,14 +666,11 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
             memcpy(bx + (size_t)filled * d, m->qx + (size_t)slot * d, (size_t)d * sizeof(float));
             by[filled++] = y;
             if (filled - cur < bs) continue;
-            units[n_units++] = (struct unit){cur, filled - cur, 0};
+            units[n_units++] = (struct unit){cur, filled - cur, 0, i + 1};
         } else {
-            units[n_units++] = (struct unit){cur, filled - cur, y};
-            marks++;
+            units[n_units++] = (struct unit){cur, filled - cur, y, i + 1};
         }
         cur = filled;
-        items = i + 1;
-        samples = filled;
     }
 
     bool changed = false;
@@ -671,11 +683,19 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
         free(j); /* the job itself is freed below, once it left out[] */
     }
     if (s->cfg.test_step_pause_ms > 0 && n_units > 0) usleep((useconds_t)s->cfg.test_step_pause_ms * 1000);
+    int failed = 0;
     for (int u = 0; u < n_units; u++) {
         if (units[u].n > 0) {
-            (void)tame_learner_step(m->learner, bx + (size_t)units[u].off * d, by + units[u].off, units[u].n);
+            int rc = step(s, m, bx + (size_t)units[u].off * d, by + units[u].off, units[u].n);
+            if (rc < 0 && rc != TAME_E_NONFINITE) { /* a non-finite batch is consumed, and counted */
+                failed = rc;
+                break;
+            }
             changed = true;
         }
+        items = units[u].items;
+        samples = units[u].off + units[u].n;
+        marks += units[u].mark != 0;
         struct tame_info info;
         tame_learner_info(m->learner, &info);
         if (info.selector_due || (units[u].mark == ITEM_SELECTOR && info.n_experts >= 2 && info.selector_fill > 0))
@@ -713,13 +733,33 @@ static void work_round(struct serve *s, struct serve_model *m, float *bx, int *b
     if (old) serve_view_put(&old->view);
     tame_free(ev);
     if (due) checkpoint(s, m);
+    return failed;
 }
 
-/* Any work left for a stopping daemon: queued units, or selector jobs out. */
+/* A round that could not run (a failed step, or no memory for the batch):
+ * the model's queue is left as it was, and it is tried again after a
+ * pause that doubles up to a minute, so that a model that cannot get
+ * memory neither spins a worker nor floods the log.  Under s->mu. */
+static void round_failed_locked(struct serve_model *m, int rc)
+{
+    m->retry_pause = m->retry_pause > 0 ? (m->retry_pause * 2 < 60 ? m->retry_pause * 2 : 60) : 0.25;
+    m->retry_at = tame_now_s() + m->retry_pause;
+    pthread_mutex_lock(&m->mu);
+    m->step_failures++;
+    int queued = m->q_samples;
+    pthread_mutex_unlock(&m->mu);
+    TAME_LOG(TAME_LOG_WARN, "cannot train: the batch stays queued", "model=%s error=%s queued=%d retry_s=%.2f",
+             m->name, tame_err_name(rc), queued, m->retry_pause);
+}
+
+/* Any work left for a stopping daemon: queued units, or selector jobs out.
+ * A model whose rounds fail is not waited for: its queue is in the log,
+ * and the next start trains it. */
 static bool stop_work_locked(struct serve *s)
 {
     for (int k = 0; k < s->n_models; k++) {
         struct serve_model *c = s->models[k];
+        if (c->retry_at > 0 && !c->busy) continue;
         pthread_mutex_lock(&c->mu);
         bool left = c->jobs_out > 0 || c->q_samples >= c->p.batch_size || c->q_marks > 0;
         pthread_mutex_unlock(&c->mu);
@@ -739,9 +779,14 @@ static void *worker_main(void *arg)
     pthread_mutex_lock(&s->mu);
     for (;;) {
         struct serve_model *m = NULL;
+        double now = tame_now_s(), wake = now + 1; /* timed: a checkpoint falls due with time alone */
         for (int k = 0; k < s->n_models && !m; k++) {
             struct serve_model *c = s->models[(s->rr + k) % s->n_models];
             if (c->busy) continue;
+            if (c->retry_at > now) { /* its last round failed: not before its pause is over */
+                if (c->retry_at < wake) wake = c->retry_at;
+                continue;
+            }
             pthread_mutex_lock(&c->mu);
             bool ready = serve_has_work_locked(c);
             pthread_mutex_unlock(&c->mu);
@@ -749,8 +794,8 @@ static void *worker_main(void *arg)
         }
         if (!m) {
             if (s->stopping && (!s->draining || !stop_work_locked(s))) break;
-            /* Timed: a checkpoint falls due with time alone. */
-            tame_cond_wait_s(&s->work_cv, &s->mu, 1);
+            struct timespec until = tame_deadline_ms((long)((wake - now) * 1000) + 1);
+            pthread_cond_timedwait(&s->work_cv, &s->mu, &until);
             continue;
         }
         m->busy = true;
@@ -765,9 +810,11 @@ static void *worker_main(void *arg)
             by = malloc((size_t)TAKE_BATCHES * m->p.batch_size * sizeof(int));
             cap_x = bx && by ? need : 0;
         }
-        if (cap_x) work_round(s, m, bx, by);
+        int rc = cap_x ? work_round(s, m, bx, by) : TAME_E_NOMEM;
 
         pthread_mutex_lock(&s->mu);
+        if (rc < 0) round_failed_locked(m, rc);
+        else m->retry_at = m->retry_pause = 0;
         m->busy = false;
         pthread_cond_broadcast(&s->work_cv);
         pthread_mutex_unlock(&s->mu);
@@ -795,6 +842,7 @@ int serve_new(const struct serve_config *cfg, struct serve **ret, char *why, siz
         return TAME_E_NOMEM;
     }
     s->cfg = *cfg;
+    atomic_init(&s->test_nomem_left, cfg->test_step_nomem);
     s->store = cfg->store;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->create_mu, NULL);

@@ -40,6 +40,7 @@ struct serve_config {
     int synchronous;           /* SQLite's synchronous level in force (1 NORMAL, 2 FULL), for metrics */
     int test_checkpoint_pause_ms; /* tests only: stall inside each checkpoint transaction */
     int test_step_pause_ms;    /* tests only: stall each learner round before it trains */
+    int test_step_nomem;       /* tests only: the first this many steps fail as out of memory */
     int train_nice;            /* nice of the learner workers (0..19) */
     int selector_nice;         /* nice of the selector thread (0..19) */
 };
@@ -109,6 +110,7 @@ struct serve_counters {
     uint64_t predictions;      /* rows predicted */
     uint64_t queue_waits;      /* writes that found the queue full and waited for room */
     uint64_t queue_full;       /* writes refused (TAME_E_BUSY): still no room after the wait */
+    uint64_t step_failures;    /* learner rounds that failed (out of memory), their batch kept queued */
     uint64_t events;           /* events recorded */
     uint64_t by_kind[TAME_EV_PRUNE + 1]; /* events per tame_event_kind */
 };

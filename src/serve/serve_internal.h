@@ -36,6 +36,7 @@ struct serve_model {
     atomic_int refs; /* registry + requests + workers + jobs */
     /* guarded by s->mu */
     bool busy;
+    double retry_at, retry_pause; /* after a failed round: not before then (0: no failure) */
     /* guarded by mu */
     pthread_mutex_t mu;
     pthread_cond_t room_cv;  /* the queue has room (the replay waits on it) */
@@ -47,6 +48,7 @@ struct serve_model {
     uint64_t q_pos;          /* log position of the head item = items consumed */
     uint64_t acknowledged, duplicates, predictions;
     uint64_t queue_waits, queue_full; /* writes that waited for room; that were refused */
+    uint64_t step_failures;  /* learner rounds that failed (out of memory) and will be retried */
     bool replaying;          /* its log is being replayed: no appends yet */
     bool deleted;
     uint64_t by_kind[TAME_EV_PRUNE + 1];
@@ -114,6 +116,7 @@ struct serve {
     int n_models, models_cap;
     bool stopping, draining, stopped;
     int rr;                  /* round-robin start */
+    atomic_int test_nomem_left; /* tests only: steps still to fail (serve_config.test_step_nomem) */
     pthread_t *workers;
     int n_workers;
     pthread_mutex_t create_mu; /* one create or delete at a time */

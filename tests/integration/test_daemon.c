@@ -842,6 +842,38 @@ static void post_task0(int port, struct tame_rng *r, int requests, int n)
     }
 }
 
+/* A step that runs out of memory leaves the learner as it was: its batch
+ * stays queued, is counted and logged, and trains on a later round, so no
+ * acknowledged sample is skipped (TAMED_TEST_STEP_NOMEM fails the first
+ * steps of the daemon). */
+START_TEST(a_step_out_of_memory_keeps_its_batch_for_a_later_round)
+{
+    struct daemon d;
+    start_with(&d, NULL, "TAMED_TEST_STEP_NOMEM", "3");
+    struct tame_rng r;
+    tame_rng_seed(&r, 21);
+    post_task0(d.port, &r, 4, 32); /* 4 batches of 32 */
+    double trained = 0, batches = 0, failures = 0;
+    for (int tries = 0; tries < 500 && trained < 128; tries++) { /* retries pause 0.25, 0.5 and 1 s */
+        usleep(20000);
+        json_t *m = call_json(d.port, "GET", "/v1/models/m", NULL, 200);
+        trained = jnum(m, "samples_trained");
+        batches = jnum(m, "batches");
+        failures = jnum(m, "step_failures");
+        json_decref(m);
+    }
+    ck_assert_double_eq(trained, 128);
+    ck_assert_double_eq(batches, 4);
+    ck_assert_double_eq(failures, 3);
+    struct reply mt = call(d.port, "GET", "/metrics", NULL);
+    ck_assert_double_eq(metric(mt.body, "tame_step_failures_total{model=\"m\"}"), 3);
+    free(mt.body);
+    ck_assert(daemon_log_has(&d, "msg=\"cannot train: the batch stays queued\" model=m error=NOMEM"));
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 struct slow_post {
     int port;
     const char *body;
@@ -1196,6 +1228,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, metrics_parse_and_count_what_was_sent);
     tcase_add_test(tc, metrics_list_every_model);
     tcase_add_test(tc, model_params_read_back_as_written);
+    tcase_add_test(tc, a_step_out_of_memory_keeps_its_batch_for_a_later_round);
     tcase_add_test(tc, healthcheck_mode_reports_liveness);
     tcase_add_test(tc, every_path_of_the_openapi_contract_is_served);
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
