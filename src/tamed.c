@@ -28,7 +28,7 @@ struct settings {
     char durability[16];
     long body_max_bytes, connections_max, per_ip_max, connection_memory_kib, idle_timeout_s, http_threads,
         lane_threads, lane_nice, workers, step_threads, queue_samples, queue_wait_ms, models_max, input_dim_max,
-        classes_max, hidden_max, hidden_layers_max, experts_max, batch_max, checkpoint_batches, checkpoint_seconds,
+        classes_max, hidden_max, hidden_layers_max, experts_max, batch_max, model_mb_max, checkpoint_batches, checkpoint_seconds,
         ids_keep, db_max_mb, train_nice, selector_nice;
 };
 
@@ -73,6 +73,7 @@ static const struct setting {
     LNG(hidden_layers_max, 0, 6, "6", "most hidden layers"),
     LNG(experts_max, 1, 64, "64", "largest max_experts of a model"),
     LNG(batch_max, 1, 65536, "4096", "largest batch_size of a model"),
+    LNG(model_mb_max, 0, 1L << 30, "0", "largest model, MiB, estimated at its max_experts; 0 = half the memory (the machine's, or its cgroup's cap)"),
 #undef STR
 #undef LNG
 };
@@ -227,6 +228,22 @@ static int backup(const char *db, const char *dst)
     return 0;
 }
 
+/* The memory this process may use: the machine's, or less if a control
+ * group (a container's --memory) caps it, cgroup v2 or v1. */
+static double memory_bytes(void)
+{
+    double mem = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    static const char *const caps[] = {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"};
+    for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+        FILE *f = fopen(caps[i], "r");
+        double cap;
+        if (!f) continue;
+        if (fscanf(f, "%lf", &cap) == 1 && cap > 0 && cap < mem) mem = cap; /* "max": no cap */
+        fclose(f);
+    }
+    return mem;
+}
+
 int main(int argc, char **argv)
 {
     struct settings st;
@@ -331,6 +348,11 @@ int main(int argc, char **argv)
     }
     TAME_LOG(TAME_LOG_INFO, "database open", "db=%s durability=%s seconds=%.3f", st.db, st.durability,
              tame_now_s() - t_open);
+    /* Half the memory by default: enough for any model that trains at a
+     * useful speed, and a refusal at create for one that would only fail
+     * to allocate its experts later. */
+    double model_bytes_max = (double)st.model_mb_max * 1048576;
+    if (model_bytes_max == 0) model_bytes_max = memory_bytes() / 2;
     struct http_config hcfg = {.listen_host = host,
                                .port = port,
                                .body_max_bytes = (size_t)st.body_max_bytes,
@@ -348,7 +370,9 @@ int main(int argc, char **argv)
                                .hidden_layers_max = (int)st.hidden_layers_max,
                                .experts_max = (int)st.experts_max,
                                .batch_max = (int)st.batch_max,
-                               .x_abs_max = 1e6};
+                               .x_abs_max = 1e6,
+                               .model_bytes_max = model_bytes_max,
+                               .queue_samples = (int)st.queue_samples};
     struct http_server *hs;
     if (http_start(&hcfg, sv, &hs) < 0) {
         TAME_LOG(TAME_LOG_ERROR, "cannot listen", "listen=%s", st.listen);

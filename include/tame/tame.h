@@ -63,6 +63,15 @@ void tame_params_default(struct tame_params *p, int input_dim, int classes);
  * range; 0 if the set is usable. */
 int tame_params_validate(const struct tame_params *p, const char **ret_field);
 
+/* Bytes a learner of these parameters holds once it has max_experts
+ * experts: each network with its gradient, momentum, mask, a frozen copy for
+ * predictions and a batch's workspace; the experts' and the selector's
+ * buffers; the copy a selector retrain trains on; the attribution ring; a
+ * checkpoint's serialised copy of all that.  An
+ * estimate (allocator overhead and small state left out), for refusing a
+ * model the machine cannot hold before it is created. */
+double tame_params_memory_bytes(const struct tame_params *p);
+
 /* ---- events ---- */
 enum tame_event_kind {
     TAME_EV_DETECT,   /* the active expert's smoothed loss crossed its threshold */

@@ -140,6 +140,10 @@ static int parse_create(const struct http_server *h, json_t *doc, char *name, st
                         h->cfg.batch_max), -1;
     const char *field = NULL;
     if (tame_params_validate(p, &field) < 0) return snprintf(msg, msglen, "%s is out of range", field), -1;
+    double need = tame_params_memory_bytes(p) + h->cfg.queue_samples * (sizeof(float) * (double)p->input_dim + sizeof(int));
+    if (need > h->cfg.model_bytes_max)
+        return snprintf(msg, msglen, "the model needs about %.0f MiB at max_experts %d, over the limit of %.0f MiB "
+                        "(--model-mb-max)", need / 1048576, p->max_experts, h->cfg.model_bytes_max / 1048576), -1;
     return 0;
 }
 

@@ -21,6 +21,8 @@ struct http_config {
     /* request limits, reported in errors */
     int input_dim_max, classes_max, hidden_max, hidden_layers_max, experts_max, batch_max;
     double x_abs_max;            /* |x| above is refused */
+    double model_bytes_max;      /* a model estimated to need more at max_experts is refused */
+    int queue_samples;           /* each model's queue, for that estimate */
 };
 
 struct http_server;

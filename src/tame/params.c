@@ -93,3 +93,40 @@ int tame_dims(const struct tame_params *p, int n_out, int *dims)
     dims[p->n_hidden + 1] = n_out;
     return p->n_hidden + 2;
 }
+
+/* Weights and biases, and the sum of the layer widths, of a network with
+ * these outputs. */
+static void net_size(const struct tame_params *p, int outputs, double *params, double *widths)
+{
+    int dims[TAME_MAX_HIDDEN + 2];
+    int n = tame_dims(p, outputs, dims);
+    *params = *widths = 0;
+    for (int i = 0; i < n; i++) {
+        *widths += dims[i];
+        if (i + 1 < n) *params += (double)dims[i] * dims[i + 1] + dims[i + 1];
+    }
+}
+
+static double net_bytes(const struct tame_params *p, int outputs)
+{
+    double params, widths;
+    net_size(p, outputs, &params, &widths);
+    /* param, grad, vel, mask, frozen copy; activations and deltas */
+    return 5 * sizeof(float) * params + 2 * sizeof(float) * (double)p->batch_size * widths;
+}
+
+double tame_params_memory_bytes(const struct tame_params *p)
+{
+    const double sample = sizeof(float) * (double)p->input_dim + 2 * sizeof(int); /* x, label, tag */
+    double b = p->max_experts * (net_bytes(p, p->classes) + p->expert_capacity * sample);
+    b += 2 * (net_bytes(p, p->max_experts) + p->selector_capacity * sample);
+    b += (double)p->attribution_batches * p->batch_size * sample;
+    /* A checkpoint's serialised state, built beside the live one: each
+     * network's weights, momentum and mask, and every buffer. */
+    double pe, ps, w;
+    net_size(p, p->classes, &pe, &w);
+    net_size(p, p->max_experts, &ps, &w);
+    b += 3 * sizeof(float) * (p->max_experts * pe + ps) +
+         ((double)p->max_experts * p->expert_capacity + p->selector_capacity) * sample;
+    return b;
+}

@@ -98,7 +98,7 @@ static void start(void)
                              .per_ip_max = 64, .connection_memory_bytes = 16 * 1024, .idle_timeout_s = 5,
                              .threads = 2, .lane_threads = 2, .input_dim_max = 64, .classes_max = 16,
                              .hidden_max = 32, .hidden_layers_max = 2, .experts_max = 32, .batch_max = 64,
-                             .x_abs_max = 1e6};
+                             .x_abs_max = 1e6, .model_bytes_max = 256.0 * 1048576, .queue_samples = 256};
     FUZZ_REQUIRE(http_start(&hc, st.sv, &st.hs) == 0, "http_start");
     st.port = http_port(st.hs);
     atexit(stop);

@@ -546,6 +546,33 @@ START_TEST(model_params_read_back_as_written)
 }
 END_TEST
 
+/* A model whose networks and buffers would not fit under --model-mb-max
+ * at its max_experts is refused when it is created, with the estimate and
+ * the limit, rather than accepted and left unable to allocate its experts;
+ * a smaller one is created, and the refusal leaves no model behind. */
+START_TEST(a_model_too_large_for_the_limit_is_refused_at_create)
+{
+    struct daemon d;
+    const char *extra[] = {"--model-mb-max", "64", NULL};
+    daemon_start(&d, extra);
+    struct reply r = call(d.port, "POST", "/v1/models", "{\"name\":\"big\",\"input_dim\":784,\"classes\":10}");
+    ck_assert_int_eq(r.status, 400);
+    ck_assert_msg(strstr(r.body, "\"code\":\"INVALID\"") && strstr(r.body, "MiB at max_experts 32, over the limit of 64 MiB (--model-mb-max)"),
+                  "%s", r.body);
+    free(r.body);
+    json_decref(call_json(d.port, "POST", "/v1/models",
+                          "{\"name\":\"small\",\"input_dim\":784,\"classes\":10,\"max_experts\":2,"
+                          "\"selector_capacity\":1000,\"expert_capacity\":100}", 201));
+    json_t *list = call_json(d.port, "GET", "/v1/models", NULL, 200);
+    json_t *models = json_object_get(list, "models");
+    ck_assert_int_eq((int)json_array_size(models), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(models, 0), "name")), "small");
+    json_decref(list);
+    ck_assert_int_eq(daemon_stop(&d), 0);
+    daemon_remove(&d);
+}
+END_TEST
+
 /* /metrics lists every model, however many the daemon was allowed
  * (--models-max): it once kept a fixed 64 rows and left the rest out. */
 START_TEST(metrics_list_every_model)
@@ -1229,6 +1256,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, metrics_list_every_model);
     tcase_add_test(tc, model_params_read_back_as_written);
     tcase_add_test(tc, a_step_out_of_memory_keeps_its_batch_for_a_later_round);
+    tcase_add_test(tc, a_model_too_large_for_the_limit_is_refused_at_create);
     tcase_add_test(tc, healthcheck_mode_reports_liveness);
     tcase_add_test(tc, every_path_of_the_openapi_contract_is_served);
     tcase_add_test(tc, bearer_auth_follows_rfc_6750);
