@@ -159,9 +159,13 @@ static void render_models(struct http_server *h, struct tame_wbuf *t)
         tame_wbuf_printf(t, "# HELP %s %s\n# TYPE %s %s\n", gauges[g][0], gauges[g][2],
                          gauges[g][0], gauges[g][1]);
         for (int i = 0; i < shown; i++) {
-            if (isnan(rows[i].v[g])) continue;
-            tame_wbuf_printf(t, "%s{model=\"%s\"} %.17g\n", gauges[g][0], rows[i].name,
-                             rows[i].v[g]);
+            double v = rows[i].v[g];
+            if (isnan(v)) continue; /* no active expert yet */
+            if (isinf(v)) /* Prometheus spells infinities +Inf and -Inf */
+                tame_wbuf_printf(t, "%s{model=\"%s\"} %sInf\n", gauges[g][0], rows[i].name,
+                                 v > 0 ? "+" : "-");
+            else
+                tame_wbuf_printf(t, "%s{model=\"%s\"} %.17g\n", gauges[g][0], rows[i].name, v);
         }
     }
     free(rows);
