@@ -612,9 +612,14 @@ int tame_learner_step(struct tame_learner *l, const float *x, const int *y, int 
         ex[next]->warning = false;
     }
     if (retire) {
-        /* The newcomer is the last expert and nothing of it reached the
-         * buffers: removing it leaves no trace but its events. */
+        /* The newcomer is the last expert.  Its own batches are still held
+         * back (reattributed above), but the warning zone handed to it at
+         * its spawn may already have reached the selector buffer: those
+         * samples go to the expert that owns the task, or the buffer would
+         * name an expert that no longer exists (a selector retrain then
+         * stopped the daemon on an assertion, found by bench/soak.sh). */
         TAME_ASSERT(a == l->n_experts - 1);
+        tame_reservoir_retag(l->sel_buf, a, next);
         tame_expert_free(ex[a]);
         l->experts[a] = NULL;
         l->n_experts--;

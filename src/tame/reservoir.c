@@ -169,6 +169,42 @@ static int add_bucket(struct tame_reservoir *r, int y, int tag)
     return r->n_buckets - 1;
 }
 
+void tame_reservoir_retag(struct tame_reservoir *r, int from, int to)
+{
+    if (from == to) return;
+    int quota = tame_reservoir_quota(r);
+    for (int bi = 0; bi < r->n_buckets; bi++) {
+        struct tame_bucket *b = &r->buckets[bi];
+        if (b->tag != from) continue;
+        for (int j = 0; j < b->count; j++) r->tag[b->heap[j]] = to;
+        int ti = find_bucket(r, b->label, to);
+        if (ti < 0) {
+            b->tag = to;
+            continue;
+        }
+        struct tame_bucket *t = &r->buckets[ti];
+        t->seen += b->seen;
+        for (int j = 0; j < b->count; j++) {
+            int s = b->heap[j];
+            if (t->count < quota) { /* its heap was sized for a quota at least this large */
+                t->heap[t->count] = s;
+                heap_sift_up(r, t->heap, t->count);
+                t->count++;
+            } else if (t->count > 0 && r->key[s] > r->key[t->heap[0]]) {
+                r->free_slots[r->n_free++] = t->heap[0];
+                t->heap[0] = s;
+                heap_sift_down(r, t->heap, t->count, 0);
+            } else {
+                r->free_slots[r->n_free++] = s;
+            }
+        }
+        /* Left empty under its old stratum: an expert that takes the id
+         * `from` later fills it again. */
+        b->count = 0;
+        b->seen = 0;
+    }
+}
+
 int tame_reservoir_offer(struct tame_reservoir *r, const float *x, int y, int tag, double key)
 {
     int bi = find_bucket(r, y, tag);

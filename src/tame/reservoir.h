@@ -47,6 +47,12 @@ bool tame_reservoir_has_bucket(const struct tame_reservoir *r, int y, int tag);
  * existing buckets, or to new ones reserved ahead, never allocate.
  * TAME_E_NOMEM leaves the reservoir as it was. */
 int tame_reservoir_offer(struct tame_reservoir *r, const float *x, int y, int tag, double key);
+/* Give every sample tagged `from` the tag `to`: a (label, from) bucket is
+ * renamed when (label, to) has none, else merged into it (the highest keys
+ * of both, up to the quota: still a uniform sample of what both saw) and
+ * left empty, so the number of buckets and every quota stay as they were.
+ * Allocates nothing. */
+void tame_reservoir_retag(struct tame_reservoir *r, int from, int to);
 int tame_reservoir_size(const struct tame_reservoir *r);
 /* Samples kept under `tag`. */
 int tame_reservoir_tag_count(const struct tame_reservoir *r, int tag);

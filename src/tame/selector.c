@@ -44,6 +44,22 @@ int tame_selector_job_new(struct tame_learner *l, struct tame_selector_job **ret
         return TAME_E_NOMEM;
     }
     tame_reservoir_copy(l->sel_buf, job->x, NULL, job->tag);
+    /* A checkpoint written before retired newcomers handed their samples
+     * on (tame_reservoir_retag) may still hold samples naming an expert
+     * that no longer exists: they teach the selector nothing true. */
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        if (job->tag[i] >= l->n_experts) continue;
+        if (kept != i)
+            memcpy(job->x + (size_t)kept * l->p.input_dim, job->x + (size_t)i * l->p.input_dim,
+                   (size_t)l->p.input_dim * sizeof(float));
+        job->tag[kept++] = job->tag[i];
+    }
+    job->n = kept;
+    if (kept == 0) {
+        tame_selector_job_free(job);
+        return TAME_E_STATE;
+    }
     /* Taking a job is what schedules the next one, so when jobs are taken
      * depends only on the batches, never on when a job finishes: a log
      * replayed gives the same jobs with the same seeds. */

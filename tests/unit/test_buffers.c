@@ -133,6 +133,71 @@ START_TEST(save_load_round_trip_and_corruption)
 }
 END_TEST
 
+/* Retagging (an expert retired: its samples become another's) renames a
+ * stratum that the target lacks, merges one it has into it keeping the
+ * highest keys up to the quota (so still a uniform sample of both), leaves
+ * the merged stratum empty for a later expert of that id, changes no quota
+ * and allocates nothing.  Samples carry their key as x to be told apart. */
+START_TEST(retag_renames_or_merges_keeping_the_highest_keys)
+{
+    struct tame_reservoir *r;
+    ck_assert_int_eq(tame_reservoir_new(12, 1, &r), 0);
+    static const struct {
+        int y, tag;
+        double key;
+    } in[] = {{0, 0, 0.1}, {0, 0, 0.2}, {0, 0, 0.3}, {0, 0, 0.4}, {0, 0, 0.5}, {0, 0, 0.6},
+              {0, 1, 0.05}, {0, 1, 0.65}, {0, 1, 0.7}, {1, 1, 0.3}};
+    for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+        float x = (float)in[i].key;
+        ck_assert_int_eq(tame_reservoir_offer(r, &x, in[i].y, in[i].tag, in[i].key), 0);
+    }
+    ck_assert_int_eq(tame_reservoir_quota(r), 4); /* 3 strata in 12 slots */
+    ck_assert_int_eq(tame_reservoir_size(r), 4 + 3 + 1);
+
+    long before = tame_alloc_count();
+    tame_reservoir_retag(r, 1, 0);
+    ck_assert_int_eq(tame_alloc_count(), before);
+    ck_assert_int_eq(tame_reservoir_quota(r), 4);
+    ck_assert_int_eq(tame_reservoir_tag_count(r, 1), 0);
+    ck_assert_int_eq(tame_reservoir_tag_count(r, 0), 5);
+    ck_assert(tame_reservoir_has_bucket(r, 1, 0));  /* renamed */
+    ck_assert(!tame_reservoir_has_bucket(r, 1, 1));
+    ck_assert(tame_reservoir_has_bucket(r, 0, 1));  /* merged, left empty */
+    int n = tame_reservoir_size(r);
+    ck_assert_int_eq(n, 5);
+    float x[12];
+    int y[12], tag[12];
+    tame_reservoir_copy(r, x, y, tag);
+    /* label 0 keeps the four highest keys of both strata: 0.5 0.6 0.65 0.7 */
+    int label0 = 0;
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(tag[i], 0);
+        if (y[i] != 0) continue;
+        label0++;
+        ck_assert_msg(x[i] >= 0.49f, "kept key %g, not among the 4 highest", x[i]);
+    }
+    ck_assert_int_eq(label0, 4);
+
+    /* A later expert 1 fills the empty stratum again; no stratum is added. */
+    float x1 = 0.9f;
+    ck_assert_int_eq(tame_reservoir_offer(r, &x1, 0, 1, 0.9), 0);
+    ck_assert_int_eq(tame_reservoir_tag_count(r, 1), 1);
+    ck_assert_int_eq(tame_reservoir_quota(r), 4);
+    /* and the whole still saves and loads */
+    struct tame_wbuf w;
+    tame_wbuf_init(&w);
+    tame_reservoir_save(r, &w);
+    struct tame_rbuf rb;
+    tame_rbuf_init(&rb, w.data, w.len);
+    struct tame_reservoir *back;
+    ck_assert_int_eq(tame_reservoir_load(&rb, 12, 1, &back), 0);
+    ck_assert_int_eq(tame_reservoir_size(back), 6);
+    tame_reservoir_free(back);
+    tame_wbuf_done(&w);
+    tame_reservoir_free(r);
+}
+END_TEST
+
 START_TEST(allocation_failure_changes_nothing)
 {
     long live = tame_alloc_live();
@@ -167,6 +232,7 @@ int main(void)
     tcase_add_test(tc, kept_sample_is_uniform);
     tcase_add_test(tc, save_load_round_trip_and_corruption);
     tcase_add_test(tc, allocation_failure_changes_nothing);
+    tcase_add_test(tc, retag_renames_or_merges_keeping_the_highest_keys);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
